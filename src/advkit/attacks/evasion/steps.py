@@ -1,0 +1,139 @@
+"""The pieces every gradient attack and adversarial trainer shares.
+
+Losses to ascend (cross-entropy of Goodfellow et al. 2015; the logit margin of Carlini
+& Wagner, S&P 2017), the steepest-ascent step for each norm (sign for Linf, normalised
+gradient for L2), random starts in the ball, and the projected-gradient loop of Madry
+et al. (ICLR 2018) with per-row tracking of the best iterate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Forward = Callable[[Tensor], Tensor]
+
+
+def margin(logits: Tensor, cls: Tensor) -> Tensor:
+    """Per row ``max_{j != cls} z_j - z_cls``: positive when ``cls`` is not the top class."""
+    own = logits.gather(1, cls[:, None]).squeeze(1)
+    others = logits.scatter(1, cls[:, None], float("-inf")).amax(1)
+    return others - own
+
+
+def attack_loss(logits: Tensor, y: Tensor, target: Tensor | None, goal: str, kind: str) -> Tensor:
+    """Per-row loss the attacker ascends, for the goal and loss kind (``ce``/``margin``)."""
+    if goal == "targeted":
+        assert target is not None
+        if kind == "margin":
+            return -margin(logits, target)
+        return -F.cross_entropy(logits, target, reduction="none")
+    if kind == "margin" and goal == "untargeted":
+        return margin(logits, y)
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def progress_score(logits: Tensor, y: Tensor, target: Tensor | None, goal: str, confidence: float) -> Tensor:
+    """Per-row progress towards the goal; positive exactly when the goal is reached."""
+    if goal == "targeted":
+        assert target is not None
+        return -margin(logits, target)
+    if goal == "confidence":
+        return confidence - torch.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    return margin(logits, y)
+
+
+def ascent_direction(grad: Tensor, norm: str) -> Tensor:
+    """Steepest-ascent unit step: ``sign`` for Linf, the L2-normalised gradient for L2."""
+    if norm == "linf":
+        return grad.sign()
+    norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return grad / norms.view(-1, *([1] * (grad.dim() - 1)))
+
+
+def project_delta(delta: Tensor, x: Tensor, eps: float, norm: str, bounds: tuple[float, float]) -> Tensor:
+    """Project a perturbation into the eps-ball, then keep ``x + delta`` inside the bounds."""
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta * (eps / norms).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
+    return (x + delta).clamp(*bounds) - x
+
+
+def random_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], generator: torch.Generator) -> Tensor:
+    """A uniformly random perturbation in the Linf cube or the L2 ball, inside the bounds."""
+    if norm == "linf":
+        delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+    else:
+        direction = torch.randn(x.shape, generator=generator)
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        dims = x[0].numel()
+        radius = torch.rand(x.shape[0], generator=generator) ** (1.0 / dims) * eps
+        delta = direction * radius.view(-1, 1, 1, 1)
+    delta = delta.to(x.device, x.dtype)
+    return (x + delta).clamp(*bounds) - x
+
+
+@dataclass
+class PGDRun:
+    """One projected-gradient run: the best iterate per row, its score, the last iterate."""
+
+    best_x: Tensor
+    best_score: Tensor
+    final_x: Tensor
+
+
+def pgd(
+    forward: Forward,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: str,
+    steps: int,
+    step_size: float,
+    bounds: tuple[float, float],
+    goal: str = "untargeted",
+    target: Tensor | None = None,
+    loss: str = "ce",
+    init: Tensor | None = None,
+    first_step: float | None = None,
+    confidence: float = 0.5,
+    track_best: bool = True,
+    evaluate_final: bool = True,
+) -> PGDRun:
+    """Projected gradient ascent of ``loss`` from ``x + init``.
+
+    ``first_step`` overrides the size of step one (``eps`` makes iterate one the exact
+    FGSM/FGM point). With ``track_best`` each iterate is scored from the logits the next
+    step computes anyway, so tracking costs no extra forward pass; the final iterate is
+    scored by one extra forward only when ``evaluate_final``.
+    """
+    delta = init if init is not None else torch.zeros_like(x)
+    best_x = x.clone()
+    best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    for step in range(steps):
+        x_in = (x + delta).requires_grad_(True)
+        logits = forward(x_in)
+        if track_best:
+            score = progress_score(logits.detach(), y, target, goal, confidence)
+            better = score > best_score
+            best_x[better] = x_in.detach()[better]
+            best_score = torch.where(better, score, best_score)
+        objective = attack_loss(logits, y, target, goal, loss).sum()
+        (grad,) = torch.autograd.grad(objective, x_in)
+        size = first_step if (step == 0 and first_step is not None) else step_size
+        delta = project_delta(delta + size * ascent_direction(grad, norm), x, eps, norm, bounds)
+    final_x = (x + delta).detach()
+    if track_best and evaluate_final:
+        with torch.no_grad():
+            score = progress_score(forward(final_x), y, target, goal, confidence)
+        better = score > best_score
+        best_x[better] = final_x[better]
+        best_score = torch.where(better, score, best_score)
+    return PGDRun(best_x, best_score, final_x)

@@ -1,0 +1,327 @@
+"""The ``advkit`` command line (typer). Thin: parse, call the library, print.
+
+Every problem with the user's input ends in one line on stderr and exit code 2; the
+library itself prints nothing and reports progress through callbacks rendered here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from advkit.errors import AdvkitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Audit and harden PyTorch image classifiers against adversarial machine learning.",
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+# -- shared options ---------------------------------------------------------------------
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, .safetensors, .pt state dict, TorchScript or .onnx")]
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="digits, mnist5k, or a path (IDX dir, CIFAR-10 dir, .npz, image folder)")]
+SplitOpt = Annotated[str, typer.Option("--split", help="train|test")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="first N rows of the split")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the run's torch.Generator")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="rows per batch")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="write machine-readable results here")]
+
+
+def _progress_callback(enabled: bool):  # noqa: ANN202 - returns a closure
+    """A progress callback drawing tqdm bars on stderr when it is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        bar = bars.get(label)
+        if bar is None:
+            bar = bars[label] = tqdm(total=total, desc=label, leave=False, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+            bars.pop(label, None)
+
+    return update
+
+
+def _device(name: str) -> str:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AdvkitError(f"--device {name!r} is not a device name (cpu, cuda, cuda:0)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AdvkitError(f"--device {name}: CUDA is not available on this machine")
+    return name
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AdvkitError(f"{option} takes numbers separated by commas; got {text!r}") from None
+    if not values:
+        raise AdvkitError(f"{option} needs at least one value")
+    return values
+
+
+def _load(model: str, data: str, split: str, limit: int | None, device: str):  # noqa: ANN202
+    from advkit.data import load_dataset
+    from advkit.models.io import load_model
+
+    dataset = load_dataset(data, split=split, limit=limit)
+    handle = load_model(model, device=_device(device), sample_shape=dataset.input_shape)
+    if tuple(dataset.input_shape) != tuple(handle.input_shape):
+        raise AdvkitError(
+            f"--data {data} has images of shape {list(dataset.input_shape)} but --model {model} expects "
+            f"{list(handle.input_shape)}"
+        )
+    if dataset.num_classes > handle.num_classes:
+        raise AdvkitError(
+            f"--data {data} has labels up to {dataset.num_classes - 1} but --model {model} has only {handle.num_classes} classes"
+        )
+    return handle, dataset
+
+
+def _write_json(path: Path | None, payload: Any) -> None:
+    if path is not None:
+        from advkit.fileio import write_json
+
+        write_json(path, payload)
+        err.print(f"wrote {path}")
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+@app.command()
+def attack(
+    names: Annotated[list[str], typer.Argument(help="attack name(s), e.g. fgsm pgd (see advkit list)")],
+    model: ModelOpt = "zoo:digits-cnn",
+    data: DataOpt = "digits",
+    eps: Annotated[str, typer.Option("--eps", help="budget, or several separated by commas")] = "0.3",
+    norm: Annotated[str, typer.Option("--norm", help="linf|l2")] = "linf",
+    goal: Annotated[str, typer.Option("--goal", help="untargeted|targeted|confidence")] = "untargeted",
+    target: Annotated[int | None, typer.Option("--target", help="target class for every row (targeted goal)")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="iterations (iterative attacks)")] = None,
+    restarts: Annotated[int | None, typer.Option("--restarts", help="restarts (pgd)")] = None,
+    step_size: Annotated[float | None, typer.Option("--step-size", help="absolute step size")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="auto|ce|margin (pgd)")] = None,
+    split: SplitOpt = "test",
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 500,
+    device: DeviceOpt = "cpu",
+    checks: Annotated[bool, typer.Option("--checks/--no-checks", help="run the reliability checks first")] = True,
+    json_path: JsonOpt = None,
+) -> None:
+    """Run evasion attacks on a model and data; print accuracy under attack."""
+    from advkit.attacks.evasion.base import EvasionAttack
+    from advkit.core import Threat
+    from advkit.registry import lookup
+    from advkit.sanity import run_checks
+
+    entries = [lookup(name, "evasion") for name in names]
+    budgets = _floats(eps, "--eps")
+    handle, dataset = _load(model, data, split, limit, device)
+    settings = {k: v for k, v in {"steps": steps, "restarts": restarts, "step_size": step_size, "loss": loss}.items() if v is not None}
+    progress = _progress_callback(True)
+    results: list[dict[str, Any]] = []
+    targets = None
+    if target is not None:
+        if not 0 <= target < handle.num_classes:
+            raise AdvkitError(f"--target {target} is outside the model's classes 0..{handle.num_classes - 1}")
+        targets = torch.full_like(dataset.y, target)
+    for entry in entries:
+        for budget in budgets:
+            threat = Threat(norm=norm, eps=budget, goal=goal)
+            attack_obj: EvasionAttack = _make(entry.factory, threat, settings, batch_size, entry.name)
+            generator = torch.Generator().manual_seed(seed)
+            rows = slice(None)
+            if targets is not None:
+                keep = dataset.y != target  # a row cannot be moved to its own class
+                rows = keep  # type: ignore[assignment]
+            sanity = run_checks(handle, dataset.x, dataset.y, attack_obj) if checks else None
+            result = attack_obj(
+                handle,
+                dataset.x[rows],
+                dataset.y[rows],
+                target=targets[rows] if targets is not None else None,
+                generator=generator,
+                progress=progress,
+            )
+            record = result.to_dict()
+            record.update({"model": model, "data": data, "split": split, "seed": seed})
+            if sanity is not None:
+                record["sanity"] = sanity.to_dict()
+                for reason in sanity.reasons:
+                    err.print(f"unreliable: {reason}", markup=False)
+            results.append(record)
+    _print_attack_table(results)
+    _write_json(json_path, results[0] if len(results) == 1 else results)
+
+
+def _make(factory: Any, threat: Any, settings: dict[str, Any], batch_size: int, name: str) -> Any:
+    import inspect
+
+    accepted = inspect.signature(factory.__init__).parameters
+    unknown = [k for k in settings if k not in accepted]
+    if unknown:
+        raise AdvkitError(f"{name} does not take --{unknown[0].replace('_', '-')}")
+    return factory(threat, batch_size=batch_size, **settings)
+
+
+def _print_attack_table(results: list[dict[str, Any]]) -> None:
+    table = Table(title="advkit attack")
+    for column in ("attack", "norm", "eps", "goal", "n", "clean acc", "adv acc", "success rate", "seconds", "reliable"):
+        table.add_column(column, justify="right" if column not in ("attack", "norm", "goal") else "left")
+    for r in results:
+        sanity = r.get("sanity")
+        table.add_row(
+            r["attack"],
+            r["threat"]["norm"],
+            f"{r['threat']['eps']:g}",
+            r["threat"]["goal"],
+            str(r["n"]),
+            f"{r['clean_accuracy']:.1%}",
+            f"{r['adversarial_accuracy']:.1%}",
+            f"{r['attack_success_rate']:.1%}",
+            f"{r['seconds']:.2f}",
+            "-" if sanity is None else ("yes" if sanity["reliable"] else "NO"),
+        )
+    out.print(table)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="architecture (see advkit list --family arch)")] = "digits-cnn",
+    data: DataOpt = "digits",
+    out_path: Annotated[Path | None, typer.Option("--out", help="where to save (.safetensors or .pt)")] = None,
+    defense: Annotated[str, typer.Option("--defense", help="none|adv-pgd|adv-fast|trades")] = "none",
+    eps: Annotated[float, typer.Option("--eps", help="adversarial training budget")] = 0.2,
+    norm: Annotated[str, typer.Option("--norm", help="linf|l2")] = "linf",
+    epochs: Annotated[int, typer.Option("--epochs")] = 30,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    eval_eps: Annotated[float | None, typer.Option("--eval-eps", help="PGD budget for the robust accuracy check (default: --eps)")] = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "cpu",
+    json_path: JsonOpt = None,
+) -> None:
+    """Train a model (optionally adversarially) on a dataset's train split and save it."""
+    from advkit.attacks.evasion import PGD
+    from advkit.core import ModelHandle, ModelInfo, Threat
+    from advkit.data import load_dataset
+    from advkit.defenses.adversarial_training import DEFENSES
+    from advkit.models import TrainConfig, build, fit, save_model
+
+    if out_path is None:
+        raise AdvkitError("--out FILE is required (.safetensors or .pt)")
+    if out_path.suffix not in (".safetensors", ".pt", ".pth"):
+        raise AdvkitError(f"--out {out_path}: model files end in .safetensors (preferred) or .pt")
+    if defense != "none" and defense not in DEFENSES:
+        raise AdvkitError(f"--defense must be one of none, {', '.join(DEFENSES)}; got {defense!r}")
+    train_set = load_dataset(data, split="train", limit=limit)
+    test_set = load_dataset(data, split="test")
+    c, h, _ = train_set.input_shape
+    net = build(model, in_channels=c, num_classes=train_set.num_classes, image_size=h, seed=seed)
+    info = ModelInfo(
+        input_shape=train_set.input_shape,
+        num_classes=train_set.num_classes,
+        classes=train_set.classes,
+        arch=model,
+        extra={"trained_on": f"{data}:train", "objective": defense, "eps": eps if defense != "none" else None},
+    )
+    handle = ModelHandle(net, info, device=_device(device))
+    objective = None
+    if defense != "none":
+        steps_per_epoch = -(-len(train_set) // batch_size)
+        objective = DEFENSES[defense](eps=eps, norm=norm, warmup_steps=steps_per_epoch * max(1, epochs // 10))
+    report = fit(handle.network, train_set.x, train_set.y, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed), objective, progress=_progress_callback(True))
+    save_model(handle, out_path)
+    check_eps = eval_eps if eval_eps is not None else eps
+    robust = PGD(Threat(norm=norm, eps=check_eps))(handle, test_set.x, test_set.y, generator=torch.Generator().manual_seed(seed))
+    summary = {
+        "model": model,
+        "data": data,
+        "defense": defense,
+        "eps": eps,
+        "epochs": epochs,
+        "train_seconds": report.seconds,
+        "clean_accuracy": robust.clean_accuracy,
+        "robust_accuracy": robust.adversarial_accuracy,
+        "robust_eval": {"attack": "pgd", **robust.threat.to_dict(), **robust.params},
+        "out": str(out_path),
+    }
+    out.print(
+        f"trained {model} on {data} ({defense}) in {report.seconds:.1f}s: clean accuracy {robust.clean_accuracy:.1%}, "
+        f"PGD {norm} eps={check_eps:g} accuracy {robust.adversarial_accuracy:.1%}; saved {out_path}"
+    )
+    _write_json(json_path, summary)
+
+
+@app.command(name="list")
+def list_methods(
+    family: Annotated[str | None, typer.Option("--family", help="evasion|defense|arch")] = None,
+) -> None:
+    """Every attack and defense: its family, knowledge, paper and MITRE ATLAS id."""
+    from advkit.models.architectures import ARCHITECTURES
+    from advkit.models.zoo import ZOO
+    from advkit.registry import entries
+
+    if family == "arch":
+        for name in ARCHITECTURES:
+            out.print(f"{name}" + (f"  (pretrained: zoo:{name})" if name in ZOO else ""))
+        return
+    table = Table(title="advkit methods")
+    for column in ("name", "family", "knowledge", "ATLAS", "paper"):
+        table.add_column(column)
+    for e in entries():
+        if family is None or e.family == family:
+            table.add_row(e.name, e.family, e.knowledge, e.atlas, e.paper)
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; bad input ends in one line and exit code 2."""
+    try:
+        app(args=argv, prog_name="advkit", standalone_mode=False)
+    except AdvkitError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        # Usage errors of typer's (possibly vendored) click: duck-typed to work with either.
+        kind = type(exc).__name__
+        if kind == "NoArgsIsHelpError":
+            err.print(exc.format_message(), markup=False, highlight=False)  # type: ignore[attr-defined]
+            raise SystemExit(2) from None
+        if hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == 2:
+            message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+            ctx = getattr(exc, "ctx", None)
+            where = f" ({ctx.command_path})" if ctx is not None else ""
+            err.print(f"error: {message}{where}", markup=False, highlight=False, soft_wrap=True)
+            raise SystemExit(2) from None
+        if kind == "Abort":
+            err.print("aborted", markup=False)
+            raise SystemExit(130) from None
+        if kind == "Exit":
+            raise SystemExit(getattr(exc, "exit_code", 0)) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

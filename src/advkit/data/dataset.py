@@ -1,0 +1,117 @@
+"""The in-memory dataset every loader returns, and the seeded train/test split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+
+from advkit.errors import AdvkitError
+
+
+@dataclass
+class Dataset:
+    """Images ``x`` as float32 ``[N, C, H, W]`` in ``[0, 1]``, integer labels ``y``."""
+
+    x: Tensor
+    y: Tensor
+    classes: list[str]
+    name: str
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, index: Tensor | np.ndarray | slice) -> Dataset:
+        """The rows at ``index`` (labels and class names kept)."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        return Dataset(self.x[index], self.y[index], list(self.classes), self.name, list(self.files))
+
+    def head(self, limit: int | None) -> Dataset:
+        """The first ``limit`` rows (all rows for ``None``)."""
+        if limit is None:
+            return self
+        if limit <= 0:
+            raise AdvkitError(f"--limit must be a positive number of rows; got {limit}")
+        return self.subset(slice(0, limit))
+
+
+def from_arrays(
+    x: np.ndarray, y: np.ndarray, name: str, classes: list[str] | None = None, files: list[Path] | None = None
+) -> Dataset:
+    """Build a :class:`Dataset` from numpy arrays, checking and scaling them.
+
+    ``x`` may be ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (C in 1, 3);
+    ``uint8`` pixels are scaled to ``[0, 1]``, float pixels must already lie there.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise AdvkitError(f"{name}: images must be [N, H, W] or [N, C, H, W]; got shape {list(x.shape)}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise AdvkitError(f"{name}: {x.shape[0]} images but labels have shape {list(y.shape)}")
+    if x.shape[0] == 0:
+        raise AdvkitError(f"{name}: the dataset has no rows")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise AdvkitError(f"{name}: labels must be integers; got dtype {y.dtype}")
+    if x.dtype == np.uint8:
+        xt = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    elif np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        finite = torch.isfinite(xt).flatten(1).all(1)
+        if not bool(finite.all()):
+            row = int((~finite).nonzero()[0])
+            raise AdvkitError(f"{name}: row {row} has NaN or infinite pixels")
+        if float(xt.min()) < 0.0 or float(xt.max()) > 1.0:
+            raise AdvkitError(
+                f"{name}: float pixels span [{float(xt.min()):.4g}, {float(xt.max()):.4g}]; "
+                "store uint8 (0-255) or floats scaled to [0, 1]"
+            )
+    else:
+        raise AdvkitError(f"{name}: unsupported pixel dtype {x.dtype}")
+    yt = torch.from_numpy(y.astype(np.int64))
+    if bool((yt < 0).any()):
+        row = int((yt < 0).nonzero()[0])
+        raise AdvkitError(f"{name}: row {row} has negative label {int(yt[row])}")
+    count = int(yt.max()) + 1
+    if classes is None:
+        classes = [str(i) for i in range(count)]
+    elif count > len(classes):
+        row = int((yt >= len(classes)).nonzero()[0])
+        raise AdvkitError(f"{name}: row {row} has label {int(yt[row])} but only {len(classes)} classes are named")
+    return Dataset(xt, yt, list(classes), name, list(files or []))
+
+
+def seeded_split(data: Dataset, split: str, seed: int = 0, test_fraction: float = 0.25) -> Dataset:
+    """Stratified train/test split, the same for the same seed on every machine."""
+    if split not in ("train", "test", "all"):
+        raise AdvkitError(f"--split must be train, test or all; got {split!r}")
+    if split == "all":
+        return data
+    index = np.arange(len(data))
+    labels = data.y.numpy()
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    train_idx, test_idx = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=stratify)
+    chosen = np.sort(train_idx if split == "train" else test_idx)
+    return data.subset(chosen)

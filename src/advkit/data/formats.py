@@ -1,0 +1,201 @@
+"""Readers for the dataset formats users bring, each refusing bad files with one line.
+
+- IDX (LeCun et al., the MNIST family incl. Fashion-/K-MNIST), plain or gzip.
+- CIFAR-10 binary batches (Krizhevsky 2009): records of 1 label byte + 3,072 pixels.
+- ``.npz`` with arrays ``x``, ``y`` (or ``x_train``/``y_train``/``x_test``/``y_test``),
+  read with ``allow_pickle=False``.
+- An image folder: one sub-folder per class, read with Pillow.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from advkit.data.dataset import Dataset, from_arrays, seeded_split
+from advkit.errors import AdvkitError
+
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise AdvkitError(f"{path}: no such file") from None
+    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+        raise AdvkitError(f"{path}: cannot read ({exc.__class__.__name__}: {exc}); truncated or not gzip?") from None
+
+
+def read_idx(path: str | Path, expect_ndim: int | None = None) -> np.ndarray:
+    """Read one IDX file; check its magic number, rank and that its size matches the header."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4:
+        raise AdvkitError(f"{path}: truncated IDX file ({len(raw)} bytes, no header)")
+    zero1, zero2, code, ndim = raw[0], raw[1], raw[2], raw[3]
+    magic = int.from_bytes(raw[:4], "big")
+    if zero1 or zero2 or code not in IDX_DTYPES or ndim == 0:
+        raise AdvkitError(f"{path}: not an IDX file (magic number 0x{magic:08x})")
+    if expect_ndim is not None and ndim != expect_ndim:
+        raise AdvkitError(
+            f"{path}: IDX magic number 0x{magic:08x} says {ndim}-D data, expected {expect_ndim}-D"
+        )
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise AdvkitError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(IDX_DTYPES[code])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    found = len(raw) - header
+    if found != expected:
+        state = "truncated" if found < expected else "has trailing bytes"
+        raise AdvkitError(f"{path}: IDX file {state}: header promises {expected} data bytes, found {found}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def _find_one(folder: Path, patterns: list[str]) -> Path | None:
+    for pattern in patterns:
+        hits = sorted(folder.glob(pattern))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _idx_pair(folder: Path, prefix: str) -> tuple[Path, Path] | None:
+    images = _find_one(folder, [f"{prefix}-images-idx3-ubyte*", f"{prefix}-images.idx3-ubyte*", f"{prefix}*images*idx3*"])
+    labels = _find_one(folder, [f"{prefix}-labels-idx1-ubyte*", f"{prefix}-labels.idx1-ubyte*", f"{prefix}*labels*idx1*"])
+    if images is None and labels is None:
+        return None
+    if images is None or labels is None:
+        missing = "images" if images is None else "labels"
+        raise AdvkitError(f"{folder}: found {prefix} {'labels' if images is None else 'images'} but no {prefix} {missing} IDX file")
+    return images, labels
+
+
+def is_idx_dir(folder: Path) -> bool:
+    return any(folder.glob("*idx3*")) or any(folder.glob("*idx1*"))
+
+
+def load_idx_dir(folder: Path, split: str) -> Dataset:
+    """An MNIST-family directory: ``train-*`` for the train split, ``t10k-*`` for test."""
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise AdvkitError(f"{folder}: IDX data has train and test parts; --split must be train or test")
+    pair = _idx_pair(folder, prefix)
+    if pair is None:
+        raise AdvkitError(f"{folder}: no {prefix}-images-idx3-ubyte / {prefix}-labels-idx1-ubyte files")
+    images, labels = read_idx(pair[0], expect_ndim=3), read_idx(pair[1], expect_ndim=1)
+    if images.shape[0] != labels.shape[0]:
+        raise AdvkitError(f"{folder}: {images.shape[0]} images but {labels.shape[0]} labels")
+    return from_arrays(images, labels.astype(np.int64), f"{folder.name}:{split}", files=list(pair))
+
+
+def is_cifar_dir(folder: Path) -> bool:
+    return any(folder.glob("data_batch_*.bin")) or (folder / "test_batch.bin").is_file()
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch: ``[N, 3, 32, 32]`` uint8 pixels and labels."""
+    raw = _read_bytes(path)
+    if len(raw) == 0 or len(raw) % CIFAR_RECORD:
+        raise AdvkitError(
+            f"{path}: CIFAR-10 binary batches hold records of {CIFAR_RECORD} bytes; "
+            f"{len(raw)} bytes is not a whole number of records (truncated?)"
+        )
+    table = np.frombuffer(raw, dtype=np.uint8).reshape(-1, CIFAR_RECORD)
+    return table[:, 1:].reshape(-1, 3, 32, 32), table[:, 0].astype(np.int64)
+
+
+def load_cifar_dir(folder: Path, split: str) -> Dataset:
+    """A CIFAR-10 binary directory; class names from ``batches.meta.txt`` when present."""
+    if split == "train":
+        files = sorted(folder.glob("data_batch_*.bin"))
+    elif split == "test":
+        files = [folder / "test_batch.bin"] if (folder / "test_batch.bin").is_file() else []
+    else:
+        raise AdvkitError(f"{folder}: CIFAR data has train and test parts; --split must be train or test")
+    if not files:
+        raise AdvkitError(f"{folder}: no CIFAR-10 {split} batch files")
+    parts = [read_cifar_batch(f) for f in files]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    classes = None
+    meta = folder / "batches.meta.txt"
+    if meta.is_file():
+        classes = [line.strip() for line in meta.read_text().splitlines() if line.strip()]
+    return from_arrays(x, y, f"{folder.name}:{split}", classes, files=files + ([meta] if classes else []))
+
+
+def load_npz(path: Path, split: str, seed: int) -> Dataset:
+    """``x``/``y`` arrays (split by seed) or explicit ``x_train``... arrays; never unpickles."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise AdvkitError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise AdvkitError(f"{path}: not a readable .npz archive ({exc})") from None
+    with archive:
+        keys = set(archive.files)
+
+        def get(key: str) -> np.ndarray:
+            try:
+                return archive[key]
+            except ValueError:
+                raise AdvkitError(f"{path}: array {key!r} holds Python objects; refusing to unpickle it") from None
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise AdvkitError(f"{path}: array {key!r} is unreadable ({exc}); truncated?") from None
+
+        classes = [str(c) for c in get("classes").tolist()] if "classes" in keys else None
+        if split in ("train", "test") and {f"x_{split}", f"y_{split}"} <= keys:
+            return from_arrays(get(f"x_{split}"), get(f"y_{split}"), f"{path.name}:{split}", classes, [path])
+        if not {"x", "y"} <= keys:
+            raise AdvkitError(f"{path}: expected arrays 'x' and 'y'; found {sorted(keys)}")
+        data = from_arrays(get("x"), get("y"), path.name, classes, [path])
+    return seeded_split(data, split, seed)
+
+
+def load_image_folder(folder: Path, split: str, seed: int) -> Dataset:
+    """One sub-folder per class (sorted names); all images must share one size."""
+    from PIL import Image, UnidentifiedImageError
+
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise AdvkitError(f"{folder}: not a known dataset layout (no IDX, CIFAR or class sub-folders)")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise AdvkitError(f"{class_dir}: class folder has no images")
+        files += found
+        labels += [label] * len(found)
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                images.append(img.copy())
+        except (UnidentifiedImageError, OSError) as exc:
+            raise AdvkitError(f"{path}: unreadable image ({exc})") from None
+    gray = all(img.mode in ("L", "1", "I;16", "I", "F") for img in images)
+    mode = "L" if gray else "RGB"
+    arrays = [np.asarray(img.convert(mode), dtype=np.uint8) for img in images]
+    shape = arrays[0].shape
+    for path, arr in zip(files, arrays):
+        if arr.shape != shape:
+            raise AdvkitError(f"{path}: image size {arr.shape[:2]} differs from {shape[:2]} of the others")
+    x = np.stack(arrays)
+    if not gray:
+        x = x.transpose(0, 3, 1, 2)
+    data = from_arrays(x, np.array(labels), folder.name, [d.name for d in class_dirs], files)
+    return seeded_split(data, split, seed)

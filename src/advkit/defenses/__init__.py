@@ -1,0 +1,1 @@
+"""Defenses: adversarial training, backdoor detection and repair, input purification."""

@@ -1,0 +1,224 @@
+"""Safe loading and saving of models: nothing a user hands us is ever unpickled.
+
+Formats, by preference: safetensors with advkit metadata in its header; a state dict
+read with ``torch.load(weights_only=True)`` (a pickle that names any Python object is
+refused, not executed); TorchScript (``torch.jit.load``, any architecture); ONNX through
+``onnx2torch``. Metadata (architecture, classes, input shape, bounds, normalization)
+comes from the file itself, a sidecar ``<file>.json``, or is inferred from the data.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from advkit.core import ModelHandle, ModelInfo
+from advkit.errors import AdvkitError
+from advkit.fileio import atomic_path
+from advkit.models.architectures import ARCHITECTURES, build
+
+META_KEY = "advkit"
+INFO_FIELDS = {f for f in ModelInfo.__dataclass_fields__}
+
+
+def info_from_dict(raw: dict[str, Any], where: str) -> ModelInfo:
+    """Validate metadata read from a file into a :class:`ModelInfo`."""
+    unknown = set(raw) - INFO_FIELDS
+    if unknown:
+        raise AdvkitError(f"{where}: unknown metadata key(s) {sorted(unknown)}")
+    try:
+        shape = tuple(int(v) for v in raw["input_shape"])
+        if len(shape) != 3:
+            raise ValueError("input_shape must be [C, H, W]")
+        info = ModelInfo(
+            input_shape=shape,  # type: ignore[arg-type]
+            num_classes=int(raw["num_classes"]),
+            bounds=tuple(float(b) for b in raw.get("bounds", (0.0, 1.0))),  # type: ignore[arg-type]
+            mean=[float(v) for v in raw["mean"]] if raw.get("mean") is not None else None,
+            std=[float(v) for v in raw["std"]] if raw.get("std") is not None else None,
+            classes=[str(c) for c in raw["classes"]] if raw.get("classes") is not None else None,
+            arch=raw.get("arch"),
+            arch_kwargs=dict(raw.get("arch_kwargs") or {}),
+            extra=dict(raw.get("extra") or {}),
+        )
+    except KeyError as exc:
+        raise AdvkitError(f"{where}: metadata lacks {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise AdvkitError(f"{where}: bad metadata ({exc})") from None
+    if info.num_classes < 2:
+        raise AdvkitError(f"{where}: a classifier needs at least 2 classes; metadata says {info.num_classes}")
+    return info
+
+
+def save_model(handle: ModelHandle, path: str | Path) -> Path:
+    """Save weights and metadata atomically: ``.safetensors`` (preferred) or ``.pt``."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in handle.net.state_dict().items()}
+    meta = asdict(handle.info)
+    if path.suffix == ".safetensors":
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    elif path.suffix in (".pt", ".pth"):
+        with atomic_path(path) as tmp:
+            torch.save({"state_dict": state, META_KEY: json.dumps(meta)}, tmp)
+    else:
+        raise AdvkitError(f"{path}: model files end in .safetensors (preferred) or .pt")
+    return path
+
+
+def _sidecar(path: Path) -> dict[str, Any] | None:
+    for candidate in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except json.JSONDecodeError as exc:
+                raise AdvkitError(f"{candidate}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    return None
+
+
+def _build_from_info(info: ModelInfo, where: str) -> nn.Module:
+    if not info.arch:
+        raise AdvkitError(
+            f"{where}: plain weights need an architecture; add 'arch' (one of {', '.join(ARCHITECTURES)}) "
+            f"to the metadata or a sidecar {Path(where).name}.json"
+        )
+    c, h, _ = info.input_shape
+    return build(info.arch, in_channels=c, num_classes=info.num_classes, image_size=h, seed=None)
+
+
+def _load_state(net: nn.Module, state: dict[str, Any], where: str) -> None:
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AdvkitError(f"{where}: the checkpoint holds things other than tensors")
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        detail = " ".join(str(exc).split())[:300]
+        raise AdvkitError(f"{where}: weights do not fit the architecture ({first} {detail})") from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _infer_info(net: nn.Module, sample_shape: tuple[int, int, int] | None, where: str) -> ModelInfo:
+    if sample_shape is None:
+        raise AdvkitError(f"{where}: no metadata; give the data (or a sidecar {Path(where).name}.json) so the input shape is known")
+    try:
+        with torch.inference_mode():
+            out = net.eval()(torch.zeros(1, *sample_shape))
+    except Exception as exc:  # the user's model rejected the data's shape
+        raise AdvkitError(
+            f"{where}: the model rejects inputs of shape {list(sample_shape)} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < 2:
+        raise AdvkitError(f"{where}: the model must return [N, classes] scores; got {getattr(out, 'shape', type(out))}")
+    return ModelInfo(input_shape=sample_shape, num_classes=int(out.shape[1]))
+
+
+def load_model(
+    spec: str,
+    device: str | None = None,
+    sample_shape: tuple[int, int, int] | None = None,
+) -> ModelHandle:
+    """Load ``zoo:NAME`` or a model file into a :class:`ModelHandle`.
+
+    ``sample_shape`` (the data's ``[C, H, W]``) lets advkit infer what a TorchScript or
+    ONNX file without metadata expects.
+    """
+    if spec.startswith("zoo:"):
+        from advkit.models.zoo import pretrained
+
+        return pretrained(spec[4:], device=device)
+    path = Path(spec)
+    where = str(path)
+    if not path.is_file():
+        raise AdvkitError(f"--model {spec}: no such file (zoo models are named like zoo:digits-cnn)")
+    sidecar = _sidecar(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                header = handle.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise AdvkitError(f"{where}: not a valid safetensors file ({exc}); truncated?") from None
+        raw = json.loads(header[META_KEY]) if META_KEY in header else sidecar
+        if raw is None:
+            raise AdvkitError(f"{where}: no advkit metadata in the header and no sidecar {path.name}.json")
+        info = info_from_dict(raw, where)
+        net = _build_from_info(info, where)
+        _load_state(net, state, where)
+        return ModelHandle(net.eval(), info, device=device or "cpu")
+    if suffix == ".onnx":
+        return _load_onnx(path, sidecar, sample_shape, device)
+    if _is_torchscript(path):
+        try:
+            net = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # torch raises several types for a bad archive
+            raise AdvkitError(f"{where}: not a loadable TorchScript archive ({' '.join(str(exc).split())[:200]})") from None
+        info = info_from_dict(sidecar, where) if sidecar else _infer_info(net, sample_shape, where)
+        return ModelHandle(net.eval(), info, device=device or "cpu")
+    return _load_checkpoint(path, sidecar, device)
+
+
+def _load_checkpoint(path: Path, sidecar: dict[str, Any] | None, device: str | None) -> ModelHandle:
+    where = str(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = " ".join(str(exc).split())
+        hint = reason.split("Unsupported global:")[-1].split(".")[0:3] if "Unsupported global" in reason else []
+        named = f" (it names {'.'.join(hint).strip()})" if hint else ""
+        raise AdvkitError(
+            f"{where}: refused: the checkpoint contains pickled Python objects{named}; only plain weights load"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise AdvkitError(f"{where}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())[:200]}); truncated?") from None
+    if not isinstance(obj, dict):
+        raise AdvkitError(f"{where}: expected a state dict, found {type(obj).__name__}")
+    raw: dict[str, Any] | None = sidecar
+    state: Any = obj
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        state = obj["state_dict"]
+        if isinstance(obj.get(META_KEY), str):
+            raw = json.loads(obj[META_KEY])
+    if raw is None:
+        raise AdvkitError(f"{where}: a plain state dict needs a sidecar {path.name}.json naming arch, input_shape, num_classes")
+    info = info_from_dict(raw, where)
+    net = _build_from_info(info, where)
+    _load_state(net, state, where)
+    return ModelHandle(net.eval(), info, device=device or "cpu")
+
+
+def _load_onnx(path: Path, sidecar: dict[str, Any] | None, sample_shape: tuple[int, int, int] | None, device: str | None) -> ModelHandle:
+    where = str(path)
+    try:
+        import onnx
+        from onnx2torch import convert
+    except ImportError:
+        raise AdvkitError(
+            f"{where}: ONNX models need the optional extra: pip install onnx && pip install --no-deps onnx2torch"
+        ) from None
+    try:
+        model = onnx.load(str(path))
+        net = convert(model)
+    except Exception as exc:  # onnx raises its own and protobuf errors
+        raise AdvkitError(f"{where}: not a convertible ONNX model ({' '.join(str(exc).split())[:200]})") from None
+    info = info_from_dict(sidecar, where) if sidecar else _infer_info(net, sample_shape, where)
+    return ModelHandle(net.eval(), info, device=device or "cpu")

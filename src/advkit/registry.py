@@ -1,0 +1,61 @@
+"""One registry of every attack and defense: name, family, knowledge, paper, ATLAS id.
+
+It drives both the CLI (``advkit attack NAME`` looks names up here) and ``advkit list``.
+ATLAS ids follow MITRE ATLAS 5.x (techniques AML.T*, mitigations AML.M*).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from advkit.errors import AdvkitError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    family: str
+    knowledge: str
+    paper: str
+    atlas: str
+    summary: str
+    factory: Callable[..., Any]
+
+
+REGISTRY: dict[str, Entry] = {}
+T = TypeVar("T")
+
+
+def register(name: str, *, family: str, knowledge: str, paper: str, atlas: str, summary: str) -> Callable[[T], T]:
+    """Class decorator adding an attack or defense to the registry under ``name``."""
+
+    def wrap(obj: T) -> T:
+        if name in REGISTRY:
+            raise RuntimeError(f"duplicate registry name {name!r}")
+        REGISTRY[name] = Entry(name, family, knowledge, paper, atlas, summary, obj)  # type: ignore[arg-type]
+        return obj
+
+    return wrap
+
+
+def lookup(name: str, family: str | None = None) -> Entry:
+    """The entry called ``name`` (optionally of one family), or a one-line error listing the known ones."""
+    _load_all()
+    entry = REGISTRY.get(name.lower())
+    if entry is None or (family is not None and entry.family != family):
+        known = sorted(n for n, e in REGISTRY.items() if family is None or e.family == family)
+        raise AdvkitError(f"unknown {family or 'method'} {name!r}; known: {', '.join(known)}")
+    return entry
+
+
+def entries() -> list[Entry]:
+    _load_all()
+    return sorted(REGISTRY.values(), key=lambda e: (e.family, e.name))
+
+
+def _load_all() -> None:
+    # Importing the modules runs their @register decorators.
+    import advkit.attacks.evasion  # noqa: F401
+    import advkit.defenses.adversarial_training  # noqa: F401

@@ -1,0 +1,139 @@
+"""Say when a number cannot be trusted (DESIGN.md principle 5).
+
+Checks in the spirit of AutoAttack's ``checks.py`` (Croce & Hein, ICML 2020) and of
+Carlini et al., "On Evaluating Adversarial Robustness" (2019): a model handed over in
+train mode, randomness in the forward pass, zero or non-finite input gradients
+(gradient masking), an attack whose eps=0 run changes accuracy, a black-box attack
+beating the white-box one. Each check returns a :class:`Finding`; any failed finding
+marks the evaluation ``unreliable`` with its reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from advkit.attacks.evasion.steps import margin
+from advkit.core import AttackResult, ModelHandle
+
+if TYPE_CHECKING:
+    from advkit.attacks.evasion.base import EvasionAttack
+
+
+@dataclass
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class SanityReport:
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def reliable(self) -> bool:
+        return all(f.ok for f in self.findings)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{f.check}: {f.detail}" for f in self.findings if not f.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reliable": self.reliable, "reasons": self.reasons, "findings": [f.to_dict() for f in self.findings]}
+
+
+def check_train_mode(handle: ModelHandle) -> Finding:
+    """Was any sub-module in train mode when the model was handed over?"""
+    training = [name or "<root>" for name, m in handle.net.named_modules() if m.training]
+    if training:
+        return Finding(
+            "train_mode",
+            False,
+            f"model handed over in train mode ({len(training)} modules, e.g. {training[0]}); "
+            "advkit evaluates in eval() mode, check that this is how the model is deployed",
+        )
+    return Finding("train_mode", True, "model in eval mode")
+
+
+def check_random_forward(handle: ModelHandle, x: Tensor, tol: float = 1e-5) -> Finding:
+    """Do two forward passes on the same inputs give the same logits (in eval mode)?"""
+    first = handle.predict_logits(x)
+    second = handle.predict_logits(x)
+    diff = float((first - second).abs().max()) if first.numel() else 0.0
+    if diff > tol:
+        return Finding(
+            "random_forward",
+            False,
+            f"two forward passes on the same inputs differ by up to {diff:.3g}: the model is randomised, "
+            "use an expectation-over-transformation attack before trusting robust accuracy",
+        )
+    return Finding("random_forward", True, "forward pass is deterministic")
+
+
+def check_gradients(handle: ModelHandle, x: Tensor, y: Tensor, max_zero_share: float = 0.1) -> Finding:
+    """Are input gradients of the logit margin finite and non-zero (no gradient masking)?"""
+    x_in = handle.to_device(x).clone().requires_grad_(True)
+    with handle.eval_mode():
+        logits = handle.logits(x_in)
+    (grad,) = torch.autograd.grad(margin(logits, handle.to_device(y)).sum(), x_in, allow_unused=True)
+    if grad is None:
+        return Finding("masked_gradients", False, "the output does not depend on the input through autograd")
+    grad = grad.flatten(1)
+    if not bool(torch.isfinite(grad).all()):
+        bad = int((~torch.isfinite(grad).all(1)).sum())
+        return Finding("masked_gradients", False, f"{bad} of {grad.shape[0]} rows have NaN or infinite input gradients")
+    zero = grad.abs().amax(1) == 0
+    share = float(zero.float().mean()) if grad.shape[0] else 0.0
+    if share > max_zero_share:
+        return Finding(
+            "masked_gradients",
+            False,
+            f"{share:.0%} of rows have an all-zero input gradient (gradient masking or shattered gradients): "
+            "gradient attacks will under-report, try black-box attacks",
+        )
+    return Finding("masked_gradients", True, f"input gradients finite, {share:.0%} of rows zero")
+
+
+def check_eps_zero(attack: EvasionAttack, handle: ModelHandle, x: Tensor, y: Tensor) -> Finding:
+    """Does the attack with a zero budget leave accuracy unchanged?"""
+    zero = copy.copy(attack)
+    zero.threat = replace(attack.threat, eps=0.0)
+    result = zero(handle, x, y)
+    if result.adversarial_accuracy != result.clean_accuracy:
+        return Finding(
+            "eps_zero",
+            False,
+            f"with eps=0 accuracy moved from {result.clean_accuracy:.3f} to {result.adversarial_accuracy:.3f}",
+        )
+    return Finding("eps_zero", True, "eps=0 leaves accuracy unchanged")
+
+
+def check_blackbox_vs_whitebox(white: AttackResult, black: AttackResult, slack: float = 0.02) -> Finding:
+    """A black-box attack beating the white-box one on the same rows hints at masked gradients."""
+    if black.attack_success_rate > white.attack_success_rate + slack:
+        return Finding(
+            "blackbox_beats_whitebox",
+            False,
+            f"{black.attack} ({black.attack_success_rate:.1%}) beats {white.attack} ({white.attack_success_rate:.1%}) "
+            "on the same rows: the gradients are probably masked",
+        )
+    return Finding("blackbox_beats_whitebox", True, "white-box attack at least as strong as black-box")
+
+
+def run_checks(
+    handle: ModelHandle, x: Tensor, y: Tensor, attack: EvasionAttack | None = None, sample: int = 256
+) -> SanityReport:
+    """The model checks on up to ``sample`` rows, plus the eps=0 check for ``attack``."""
+    x, y = x[:sample], y[:sample]
+    report = SanityReport([check_train_mode(handle), check_random_forward(handle, x), check_gradients(handle, x, y)])
+    if attack is not None:
+        report.findings.append(check_eps_zero(attack, handle, x[:64], y[:64]))
+    return report
