@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -169,7 +170,9 @@ def load_model(
         return _load_onnx(path, sidecar, sample_shape, device)
     if _is_torchscript(path):
         try:
-            net = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                net = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # torch raises several types for a bad archive
             raise AdvkitError(f"{where}: not a loadable TorchScript archive ({' '.join(str(exc).split())[:200]})") from None
         info = info_from_dict(sidecar, where) if sidecar else _infer_info(net, sample_shape, where)
@@ -210,7 +213,8 @@ def _load_onnx(path: Path, sidecar: dict[str, Any] | None, sample_shape: tuple[i
     where = str(path)
     try:
         import onnx
-        from onnx2torch import convert
+
+        convert = _import_onnx2torch()
     except ImportError:
         raise AdvkitError(
             f"{where}: ONNX models need the optional extra: pip install onnx && pip install --no-deps onnx2torch"
@@ -222,3 +226,38 @@ def _load_onnx(path: Path, sidecar: dict[str, Any] | None, sample_shape: tuple[i
         raise AdvkitError(f"{where}: not a convertible ONNX model ({' '.join(str(exc).split())[:200]})") from None
     info = info_from_dict(sidecar, where) if sidecar else _infer_info(net, sample_shape, where)
     return ModelHandle(net.eval(), info, device=device or "cpu")
+
+
+def _import_onnx2torch():  # noqa: ANN202 - returns onnx2torch.convert
+    """Import onnx2torch, which imports torchvision only for its NMS/RoIAlign converters.
+
+    torchvision cannot load beside the CPU torch wheel, so when it is absent a placeholder
+    module stands in during the import; converting a graph that really uses those two
+    detection operators then fails with a clear error instead of a wrong model.
+    """
+    import importlib
+    import sys
+    import types
+
+    try:
+        return importlib.import_module("onnx2torch").convert
+    except ModuleNotFoundError as exc:
+        if exc.name != "torchvision":
+            raise
+    for name in [m for m in sys.modules if m == "onnx2torch" or m.startswith("onnx2torch.")]:
+        del sys.modules[name]
+
+    def unsupported(*args: object, **kwargs: object) -> None:
+        raise AdvkitError("this ONNX graph uses NonMaxSuppression/RoIAlign, which need torchvision")
+
+    placeholder = types.ModuleType("torchvision")
+    ops = types.ModuleType("torchvision.ops")
+    ops.nms = ops.box_convert = ops.roi_align = unsupported  # type: ignore[attr-defined]
+    placeholder.ops = ops  # type: ignore[attr-defined]
+    sys.modules.update({"torchvision": placeholder, "torchvision.ops": ops})
+    try:
+        return importlib.import_module("onnx2torch").convert
+    finally:
+        for name in ("torchvision", "torchvision.ops"):
+            if sys.modules.get(name) in (placeholder, ops):
+                del sys.modules[name]

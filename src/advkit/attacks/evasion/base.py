@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -31,6 +32,14 @@ from advkit.errors import AdvkitError
 from advkit.metrics import perturbation_norms
 
 Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class CleanForward:
+    """The base class's forward pass on a clean batch: inputs and logits (maybe with a graph)."""
+
+    x: Tensor
+    logits: Tensor
 
 
 def project(x_adv: Tensor, x: Tensor, threat: Threat) -> Tensor:
@@ -97,9 +106,29 @@ class EvasionAttack(ABC):
 
     @abstractmethod
     def run(
-        self, model: ModelView, x: Tensor, y: Tensor, target: Tensor | None, threat: Threat, generator: torch.Generator
+        self,
+        model: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        threat: Threat,
+        generator: torch.Generator,
+        clean: CleanForward,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attack one batch; return candidate adversarial inputs and per-row queries (or None)."""
+        """Attack one batch; return candidate adversarial inputs and per-row queries (or None).
+
+        ``clean`` holds the base class's own forward pass on the clean batch; for
+        white-box attacks it is differentiable, so a first gradient step can reuse it
+        instead of paying for the same forward pass twice.
+        """
+
+    def clean_forward(self, handle: ModelHandle, x: Tensor) -> CleanForward:
+        """The verified forward pass on a clean batch (with a graph for white-box attacks)."""
+        if self.knowledge == "white":
+            x_in = x.clone().requires_grad_(True)
+            return CleanForward(x_in, handle.logits(x_in))
+        with torch.inference_mode():
+            return CleanForward(x, handle.logits(x))
 
     def choose_targets(self, handle: ModelHandle, x: Tensor, y: Tensor, clean_logits: Tensor, generator: torch.Generator) -> Tensor:
         """Targets when the goal is targeted and none are given: a random other class."""
@@ -122,39 +151,45 @@ class EvasionAttack(ABC):
         y = check_labels(y, x.shape[0], handle.num_classes)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         x, y = handle.to_device(x), handle.to_device(y)
+        if threat.goal != "targeted" and target is not None:
+            raise AdvkitError(f"targets were given but the goal is {threat.goal}; use goal=targeted")
+        if target is not None:
+            target = handle.to_device(check_labels(target, x.shape[0], handle.num_classes, "targets"))
         start = time.perf_counter()
+        clean_logits = torch.empty(x.shape[0], handle.num_classes, device=x.device)
+        targets = torch.empty_like(y) if threat.goal == "targeted" else None
+        x_adv = torch.empty_like(x)
+        queries: Tensor | None = None
         with handle.eval_mode():
-            clean_logits = handle.predict_logits(x, self.batch_size)
-            if threat.goal == "targeted":
-                if target is None:
-                    target = self.choose_targets(handle, x, y, clean_logits, generator)
-                target = handle.to_device(check_labels(target, x.shape[0], handle.num_classes, "targets"))
-                if bool((target == y).any()):
-                    row = int((target == y).nonzero()[0])
-                    raise AdvkitError(f"targets: row {row} targets its own true class {int(y[row])}")
-            elif target is not None:
-                raise AdvkitError(f"targets were given but the goal is {threat.goal}; use goal=targeted")
-            x_adv = torch.empty_like(x)
-            queries: Tensor | None = None
             for first in range(0, x.shape[0], self.batch_size):
                 rows = slice(first, first + self.batch_size)
+                xb, yb = x[rows], y[rows]
+                clean_forward = self.clean_forward(handle, xb)
+                clean_logits[rows] = clean_forward.logits.detach()
+                tb = None
+                if targets is not None:
+                    tb = target[rows] if target is not None else self.choose_targets(handle, xb, yb, clean_logits[rows], generator)
+                    if bool((tb == yb).any()):
+                        row = first + int((tb == yb).nonzero()[0])
+                        raise AdvkitError(f"targets: row {row} targets its own true class {int(y[row])}")
+                    targets[rows] = tb
                 view = handle.view(self.knowledge)  # type: ignore[arg-type]
-                tb = target[rows] if target is not None else None
-                candidate, q = self.run(view, x[rows], y[rows], tb, threat, generator)
-                x_adv[rows] = project(candidate.detach().to(x.device), x[rows], threat)
+                candidate, q = self.run(view, xb, yb, tb, threat, generator, clean_forward)
+                x_adv[rows] = project(candidate.detach().to(x.device), xb, threat)
+                del clean_forward
                 if q is not None:
                     queries = torch.zeros(x.shape[0], dtype=torch.long) if queries is None else queries
                     queries[rows] = q.cpu()
                 if progress is not None:
                     progress(self.name, min(first + self.batch_size, x.shape[0]), x.shape[0])
             # Each row counts its worst case: the clean input is a candidate too.
-            clean_success = goal_reached(clean_logits, y, target, threat)
+            clean_success = goal_reached(clean_logits, y, targets, threat)
             x_adv[clean_success] = x[clean_success]
             if queries is not None:
                 queries[clean_success.cpu()] = 0
             adv_logits = handle.predict_logits(x_adv, self.batch_size)
         seconds = time.perf_counter() - start
-        success = goal_reached(adv_logits, y, target, threat)
+        success = goal_reached(adv_logits, y, targets, threat)
         result = AttackResult(
             attack=self.name,
             threat=threat,
@@ -166,7 +201,7 @@ class EvasionAttack(ABC):
             perturbation=perturbation_norms(x_adv - x, threat.norm),
             seconds=seconds,
             num_classes=handle.num_classes,
-            target=target,
+            target=targets,
             queries=queries,
             params=self.params(),
         )

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advkit.attacks.evasion.base import EvasionAttack
+from advkit.attacks.evasion.base import CleanForward, EvasionAttack
 from advkit.attacks.evasion.steps import ascent_direction, attack_loss
 from advkit.core import ModelView, Threat
 from advkit.registry import register
@@ -33,11 +33,18 @@ class FGSM(EvasionAttack):
     name = "fgsm"
 
     def run(
-        self, model: ModelView, x: Tensor, y: Tensor, target: Tensor | None, threat: Threat, generator: torch.Generator
+        self,
+        model: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        threat: Threat,
+        generator: torch.Generator,
+        clean: CleanForward,
     ) -> tuple[Tensor, Tensor | None]:
-        x_in = x.clone().requires_grad_(True)
-        loss = attack_loss(model.logits(x_in), y, target, threat.goal, "ce").sum()
-        (grad,) = torch.autograd.grad(loss, x_in)
+        # The gradient at x comes from the base class's own differentiable clean pass.
+        loss = attack_loss(clean.logits, y, target, threat.goal, "ce").sum()
+        (grad,) = torch.autograd.grad(loss, clean.x)
         return x + threat.eps * ascent_direction(grad, threat.norm), None
 
     def params(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advkit.attacks.evasion.base import EvasionAttack
+from advkit.attacks.evasion.base import CleanForward, EvasionAttack
 from advkit.attacks.evasion.steps import pgd, random_start
 from advkit.core import ModelHandle, ModelView, Threat
 from advkit.errors import AdvkitError
@@ -92,7 +92,14 @@ class PGD(EvasionAttack):
         return loss, self.random_start, None
 
     def run(
-        self, model: ModelView, x: Tensor, y: Tensor, target: Tensor | None, threat: Threat, generator: torch.Generator
+        self,
+        model: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        threat: Threat,
+        generator: torch.Generator,
+        clean: CleanForward,
     ) -> tuple[Tensor, Tensor | None]:
         assert threat.bounds is not None
         best_x = x.clone()
@@ -118,6 +125,7 @@ class PGD(EvasionAttack):
                 loss=loss,
                 init=random_start(xr, threat.eps, threat.norm, threat.bounds, generator) if start_random else None,
                 first_step=first_step,
+                first_forward=(clean.x, clean.logits) if not start_random and restart == 0 else None,
                 confidence=threat.confidence,
                 evaluate_final=not last,
             )

@@ -103,6 +103,7 @@ def pgd(
     loss: str = "ce",
     init: Tensor | None = None,
     first_step: float | None = None,
+    first_forward: tuple[Tensor, Tensor] | None = None,
     confidence: float = 0.5,
     track_best: bool = True,
     evaluate_final: bool = True,
@@ -112,14 +113,21 @@ def pgd(
     ``first_step`` overrides the size of step one (``eps`` makes iterate one the exact
     FGSM/FGM point). With ``track_best`` each iterate is scored from the logits the next
     step computes anyway, so tracking costs no extra forward pass; the final iterate is
-    scored by one extra forward only when ``evaluate_final``.
+    scored by one extra forward only when ``evaluate_final``. ``first_forward`` is an
+    already computed differentiable ``(x, logits)`` pair at the start point (no ``init``),
+    reused for step one instead of a second identical forward pass.
     """
+    if first_forward is not None and init is not None:
+        raise ValueError("first_forward is the clean point's pass; it cannot be used with a random init")
     delta = init if init is not None else torch.zeros_like(x)
     best_x = x.clone()
     best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
     for step in range(steps):
-        x_in = (x + delta).requires_grad_(True)
-        logits = forward(x_in)
+        if step == 0 and first_forward is not None:
+            x_in, logits = first_forward
+        else:
+            x_in = (x + delta).requires_grad_(True)
+            logits = forward(x_in)
         if track_best:
             score = progress_score(logits.detach(), y, target, goal, confidence)
             better = score > best_score

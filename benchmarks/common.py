@@ -1,0 +1,55 @@
+"""Shared benchmark plumbing: timing, the environment record and the JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advkit.fileio import write_json
+
+
+def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """Minimum wall time over ``repeats`` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def case(name: str, seconds: float, floor_seconds: float, **extra: Any) -> dict[str, Any]:
+    return {"case": name, "seconds": seconds, "floor_seconds": floor_seconds, "ratio": seconds / floor_seconds, **extra}
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser.parse_args()
+
+
+def report(name: str, cases: list[dict[str, Any]], path: Path | None, **extra: Any) -> None:
+    for c in cases:
+        print(f"{c['case']:<28} {c['seconds']:8.3f}s  floor {c['floor_seconds']:8.3f}s  ratio {c['ratio']:.3f}")
+    if path is not None:
+        write_json(path, {"benchmark": name, "cases": cases, "environment": environment(), **extra})
+        print(f"wrote {path}")

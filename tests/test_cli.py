@@ -1,0 +1,109 @@
+"""The command line: contract keys, and one clear line with exit code 2 for bad input."""
+
+import json
+import pickle
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from advkit.cli import main
+from advkit.models import save_model
+
+
+def run(argv, capsys):
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_bad_input(argv, capsys, needle):
+    code, _, err = run(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_attack_json_has_the_contract_keys(tmp_path, capsys, digits_model):
+    out = tmp_path / "r.json"
+    code, stdout, _ = run(["attack", "fgsm", "--limit", "60", "--eps", "0.2", "--json", str(out)], capsys)
+    assert code == 0 and "fgsm" in stdout
+    record = json.loads(out.read_text())
+    for key in ("attack", "threat", "n", "clean_accuracy", "adversarial_accuracy", "attack_success_rate", "queries", "seconds", "per_class"):
+        assert key in record
+    assert set(record["threat"]) >= {"norm", "eps", "goal", "knowledge"}
+    assert record["n"] == 60 and record["queries"] is None
+    assert set(record["per_class"][0]) == {"class", "n", "clean_accuracy", "adversarial_accuracy"}
+    assert record["sanity"]["reliable"] is True
+
+
+def test_train_then_attack_the_saved_file(tmp_path, capsys):
+    model = tmp_path / "fast.safetensors"
+    summary = tmp_path / "train.json"
+    code, stdout, err = run(["train", "--defense", "adv-fast", "--epochs", "3", "--out", str(model), "--json", str(summary)], capsys)
+    assert code == 0, err
+    assert model.is_file() and json.loads(summary.read_text())["defense"] == "adv-fast"
+    code, stdout, err = run(["attack", "pgd", "--model", str(model), "--limit", "50", "--steps", "3", "--restarts", "1"], capsys)
+    assert code == 0, err
+
+
+def test_list_names_papers_and_atlas_ids(capsys):
+    code, stdout, _ = run(["list"], capsys)
+    assert code == 0 and "AML.T0043.000" in stdout and "Madry" in stdout and "trades" in stdout
+
+
+def write_idx(path, array, code=0x08):
+    path.write_bytes(struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes())
+
+
+def test_bad_inputs_each_get_one_line_and_exit_2(tmp_path, capsys, digits_model):
+    assert_bad_input(["attack", "pgd", "--data", str(tmp_path / "absent")], capsys, "no such file")
+    assert_bad_input(["attack", "pgd", "--model", str(tmp_path / "absent.safetensors")], capsys, "no such file")
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    write_idx(idx / "t10k-images-idx3-ubyte", np.zeros((10, 8, 8)))
+    write_idx(idx / "t10k-labels-idx1-ubyte", np.zeros(10))
+    (idx / "t10k-images-idx3-ubyte").write_bytes((idx / "t10k-images-idx3-ubyte").read_bytes()[:-9])
+    assert_bad_input(["attack", "pgd", "--data", str(idx)], capsys, "truncated")
+    (idx / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x99\x03" + b"\x00" * 40)
+    assert_bad_input(["attack", "pgd", "--data", str(idx)], capsys, "magic number")
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state_dict": {}, "x": print}))
+    assert_bad_input(["attack", "pgd", "--model", str(evil)], capsys, "refused")
+    nan = tmp_path / "nan.npz"
+    x = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    x[5, 1, 1] = np.nan
+    np.savez(nan, x=x, y=np.arange(8) % 2)
+    assert_bad_input(["attack", "pgd", "--data", str(nan), "--split", "all"], capsys, "NaN")
+    many = tmp_path / "labels.npz"
+    np.savez(many, x=np.zeros((8, 8, 8), dtype=np.uint8), y=np.array([0, 1, 2, 3, 4, 5, 6, 11]))
+    assert_bad_input(["attack", "pgd", "--data", str(many), "--split", "all"], capsys, "labels up to 11")
+    assert_bad_input(["attack", "pgd", "--model", "zoo:digits-cnn", "--data", "mnist5k"], capsys, "expects [1, 8, 8]")
+    assert_bad_input(["attack", "pgd", "--frobnicate", "3"], capsys, "No such option")
+    assert_bad_input(["attack", "pgd", "--eps", "-0.1"], capsys, "eps")
+    assert_bad_input(["attack", "nonsense"], capsys, "unknown evasion")
+    assert_bad_input(["attack", "fgsm", "--steps", "5"], capsys, "does not take --steps")
+    assert_bad_input(["train", "--defense", "magic", "--out", str(tmp_path / "m.safetensors")], capsys, "--defense")
+
+
+def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "fn": np.load}, evil)
+    keep = tmp_path / "keep.json"
+    keep.write_text("precious")
+    proc = subprocess.run(
+        [sys.executable, "-m", "advkit.cli", "attack", "pgd", "--model", str(evil), "--json", str(keep)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "refused" in proc.stderr and "Traceback" not in proc.stderr
+    assert keep.read_text() == "precious"  # nothing already written is lost
