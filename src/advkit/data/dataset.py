@@ -75,9 +75,9 @@ def from_arrays(
         else:
             raise AdvkitError(f"{name}: labels must be integers; got dtype {y.dtype}")
     if x.dtype == np.uint8:
-        xt = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+        xt = torch.from_numpy(np.require(x, requirements=["C", "W"])).float().div_(255.0)
     elif np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        xt = torch.from_numpy(np.require(x, dtype=np.float32, requirements=["C", "W"]))
         finite = torch.isfinite(xt).flatten(1).all(1)
         if not bool(finite.all()):
             row = int((~finite).nonzero()[0])
@@ -113,5 +113,5 @@ def seeded_split(data: Dataset, split: str, seed: int = 0, test_fraction: float 
     counts = np.bincount(labels)
     stratify = labels if counts[counts > 0].min() >= 2 else None
     train_idx, test_idx = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=stratify)
-    chosen = np.sort(train_idx if split == "train" else test_idx)
-    return data.subset(chosen)
+    # Shuffled order (not sorted): files sorted by class would make --limit N one class.
+    return data.subset(train_idx if split == "train" else test_idx)

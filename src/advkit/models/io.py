@@ -183,7 +183,9 @@ def load_model(
 def _load_checkpoint(path: Path, sidecar: dict[str, Any] | None, device: str | None) -> ModelHandle:
     where = str(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" chatter
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = " ".join(str(exc).split())
         hint = reason.split("Unsupported global:")[-1].split(".")[0:3] if "Unsupported global" in reason else []

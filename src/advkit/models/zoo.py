@@ -37,7 +37,7 @@ ZOO: dict[str, Recipe] = {
     "digits-cnn": Recipe(arch="digits-cnn", data="digits", epochs=30),
     "mnist-cnn": Recipe(arch="mnist-cnn", data="mnist5k", epochs=12),
 }
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 
 
 def recipe_key(name: str, recipe: Recipe) -> str:

@@ -1,0 +1,1 @@
+"""Backdoor defenses: model inspection (Neural Cleanse) and repair."""

@@ -1,0 +1,346 @@
+"""Mitigations driven by a reverse-engineered trigger (Neural Cleanse, section VI).
+
+Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural
+Networks", IEEE S&P 2019:
+
+- **Input filter**: neurons of the second-to-last layer that the reversed trigger
+  excites most; an input whose mean activation on them exceeds the clean data's
+  ``1 - fpr`` quantile is flagged.
+- **Neuron pruning**: switch those neurons off one by one (zero their outgoing weights)
+  until the reversed trigger's success rate falls under a threshold, or stop before
+  clean accuracy drops by more than a budget.
+- **Unlearning**: fine-tune on clean data where a share of the rows carries the reversed
+  trigger *with their correct label*, so the model learns to ignore it.
+
+"Neurons" are either the inputs of the model's last ``nn.Linear`` (the second-to-last
+layer of the paper) or the channels of its last ``nn.Conv2d`` (the paper found the last
+convolutional layer more effective for some attacks; on small CNNs pruning there works
+where the dense layer is too redundant). Each mitigation returns a new model and the
+figures before and after.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advkit.core import DetectionReport, ModelHandle
+from advkit.defenses.backdoor.neural_cleanse import ReversedTrigger
+from advkit.errors import AdvkitError
+from advkit.models.train import TrainConfig, fit
+from advkit.registry import register
+
+Evaluate = Callable[[ModelHandle], float]
+
+
+@dataclass
+class MitigationResult:
+    """A repaired model with its clean accuracy and backdoor success before and after.
+
+    ``reversed_asr_*`` use the reverse-engineered trigger on the defender's clean data;
+    ``asr_*`` use the caller's ``evaluate`` (e.g. the real trigger on held-out rows).
+    """
+
+    name: str
+    model: ModelHandle
+    clean_accuracy_before: float
+    clean_accuracy_after: float
+    reversed_asr_before: float
+    reversed_asr_after: float
+    asr_before: float | None = None
+    asr_after: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mitigation": self.name,
+            "clean_accuracy_before": self.clean_accuracy_before,
+            "clean_accuracy_after": self.clean_accuracy_after,
+            "reversed_trigger_success_before": self.reversed_asr_before,
+            "reversed_trigger_success_after": self.reversed_asr_after,
+            "attack_success_rate_before": self.asr_before,
+            "attack_success_rate_after": self.asr_after,
+            **self.details,
+        }
+
+
+LAYERS = ("linear", "conv")
+
+
+def _last(net: nn.Module, kind: type[nn.Module]) -> nn.Module | None:
+    found = None
+    for module in net.modules():
+        if isinstance(module, kind) or getattr(module, "original_name", None) == kind.__name__:
+            found = module
+    return found
+
+
+def neuron_layer(net: nn.Module, layer: str) -> nn.Module:
+    """Where the neurons are: the last ``nn.Linear`` (its inputs) or last ``nn.Conv2d`` (its channels)."""
+    if layer not in LAYERS:
+        raise AdvkitError(f"neuron layer must be one of {', '.join(LAYERS)}; got {layer!r}")
+    found = _last(net, nn.Linear if layer == "linear" else nn.Conv2d)
+    if found is None:
+        raise AdvkitError(f"backdoor mitigation on '{layer}' neurons needs a model with an nn.{'Linear' if layer == 'linear' else 'Conv2d'} layer")
+    return found
+
+
+def neuron_activations(model: ModelHandle, x: Tensor, layer: str = "linear", batch_size: int = 512) -> Tensor:
+    """Per row, the neurons' activations: the last linear layer's inputs, or the last
+    convolution's channels averaged over space (captured with a forward hook)."""
+    module = neuron_layer(model.net, layer)
+    captured: list[Tensor] = []
+
+    def before(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        captured.append(inputs[0].detach().flatten(1).cpu())
+
+    def after(_module: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        captured.append(torch.relu(output.detach()).mean((2, 3)).cpu())
+
+    try:
+        hook = module.register_forward_pre_hook(before) if layer == "linear" else module.register_forward_hook(after)
+    except (AttributeError, RuntimeError):
+        raise AdvkitError("backdoor mitigation needs an eager nn.Module (TorchScript layers take no hooks)") from None
+    try:
+        model.predict_logits(x, batch_size)
+    finally:
+        hook.remove()
+    return torch.cat(captured)
+
+
+def switch_off(module: nn.Module, neuron: int, layer: str) -> Callable[[], None]:
+    """Prune one neuron in place (zero its weights); returns a function that undoes it."""
+    if layer == "linear":
+        saved = module.weight.data[:, neuron].clone()
+        module.weight.data[:, neuron] = 0
+
+        def undo() -> None:
+            module.weight.data[:, neuron] = saved
+
+        return undo
+    saved_w = module.weight.data[neuron].clone()
+    saved_b = module.bias.data[neuron].clone() if module.bias is not None else None
+    module.weight.data[neuron] = 0
+    if module.bias is not None:
+        module.bias.data[neuron] = 0
+
+    def undo_conv() -> None:
+        module.weight.data[neuron] = saved_w
+        if saved_b is not None:
+            module.bias.data[neuron] = saved_b
+
+    return undo_conv
+
+
+def _stamped_rows(trigger: ReversedTrigger, x: Tensor, y: Tensor) -> Tensor:
+    keep = y != trigger.target
+    return trigger.apply(x[keep])
+
+
+def _accuracy(model: ModelHandle, x: Tensor, y: Tensor) -> float:
+    return float((model.predict(x).cpu() == y.cpu()).float().mean())
+
+
+def _trigger_success(model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor) -> float:
+    stamped = _stamped_rows(trigger, x, y)
+    if stamped.shape[0] == 0:
+        return 0.0
+    return float((model.predict(stamped).cpu() == trigger.target).float().mean())
+
+
+def rank_neurons(model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor, layer: str = "linear") -> Tensor:
+    """Neurons ordered by how much more the trigger excites them than clean data does,
+    in units of each neuron's clean standard deviation (a z-score: the paper ranks by the
+    raw difference, which favours neurons that are simply loud on every input)."""
+    clean = neuron_activations(model, x, layer)
+    triggered = neuron_activations(model, _stamped_rows(trigger, x, y), layer).mean(0)
+    return torch.argsort((triggered - clean.mean(0)) / (clean.std(0) + 1e-3), descending=True)
+
+
+def _copy(model: ModelHandle) -> ModelHandle:
+    return ModelHandle(copy.deepcopy(model.net), copy.deepcopy(model.info), device=model.device)
+
+
+@register(
+    "nc-filter",
+    family="defense",
+    knowledge="white",
+    paper="Wang et al. Neural Cleanse. IEEE S&P 2019 (input filter)",
+    atlas="AML.M0015",
+    summary="flag inputs whose penultimate activations match the reversed trigger's",
+)
+@dataclass
+class TriggerInputFilter:
+    """Flag inputs that excite the reversed trigger's top neurons beyond clean levels."""
+
+    fpr: float = 0.05
+    top_fraction: float = 0.01
+    layer: str = "linear"
+    neurons: Tensor | None = None
+    threshold: float | None = None
+
+    def fit(self, model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor) -> TriggerInputFilter:
+        """Choose the neurons and the threshold (the clean ``1 - fpr`` quantile)."""
+        if not 0.0 < self.fpr < 1.0:
+            raise AdvkitError(f"filter false-positive rate must be in (0, 1); got {self.fpr}")
+        ranking = rank_neurons(model, trigger, x, y, self.layer)
+        count = max(1, int(round(self.top_fraction * ranking.numel())))
+        self.neurons = ranking[:count]
+        scores = self._scores(model, x)
+        self.threshold = float(torch.quantile(scores, 1.0 - self.fpr))
+        return self
+
+    def _scores(self, model: ModelHandle, x: Tensor) -> Tensor:
+        assert self.neurons is not None
+        return neuron_activations(model, x, self.layer)[:, self.neurons].mean(1)
+
+    def __call__(self, model: ModelHandle, x: Tensor) -> DetectionReport:
+        if self.neurons is None or self.threshold is None:
+            raise AdvkitError("the input filter must be fitted on clean data first")
+        scores = self._scores(model, x)
+        return DetectionReport("nc-filter", scores, scores > self.threshold, 0.0, {"threshold": self.threshold})
+
+
+@register(
+    "nc-prune",
+    family="defense",
+    knowledge="white",
+    paper="Wang et al. Neural Cleanse. IEEE S&P 2019 (neuron pruning)",
+    atlas="AML.M0003",
+    summary="switch off the penultimate neurons the reversed trigger excites most",
+)
+@dataclass
+class NeuronPruning:
+    """Prune ranked neurons until the reversed trigger fails or accuracy would drop too far.
+
+    With ``recover_epochs > 0`` the pruned model is then fine-tuned on the clean data with
+    the pruned weights held at zero (the recovery step of fine-pruning, Liu, Dolan-Gavitt &
+    Garg, RAID 2018); the pruning phase may then spend ``max_accuracy_drop`` before
+    recovery. ``recover_epochs=0`` is the paper's plain pruning.
+    """
+
+    success_threshold: float = 0.05
+    max_accuracy_drop: float = 0.10
+    max_fraction: float = 0.9
+    layer: str = "conv"
+    recover_epochs: int = 5
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __call__(
+        self, model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor, evaluate: Evaluate | None = None
+    ) -> MitigationResult:
+        repaired = _copy(model)
+        module = neuron_layer(repaired.net, self.layer)
+        ranking = rank_neurons(model, trigger, x, y, self.layer)
+        acc0, rev0 = _accuracy(model, x, y), _trigger_success(model, trigger, x, y)
+        pruned: list[int] = []
+        acc, rev = acc0, rev0
+        limit = int(self.max_fraction * ranking.numel())
+        for neuron in ranking[:limit].tolist():
+            if rev < self.success_threshold:
+                break
+            undo = switch_off(module, neuron, self.layer)
+            new_acc = _accuracy(repaired, x, y)
+            if acc0 - new_acc > self.max_accuracy_drop:
+                undo()  # one neuron too many: keep the last good model
+                break
+            pruned.append(neuron)
+            acc, rev = new_acc, _trigger_success(repaired, trigger, x, y)
+        details = {"layer": self.layer, "pruned_neurons": len(pruned), "of_neurons": int(ranking.numel())}
+        if self.recover_epochs > 0 and pruned:
+            details["before_recovery"] = {"clean_accuracy": acc, "reversed_trigger_success": rev}
+            self._recover(repaired, module, pruned, x, y)
+            acc, rev = _accuracy(repaired, x, y), _trigger_success(repaired, trigger, x, y)
+        return MitigationResult(
+            "nc-prune",
+            repaired,
+            acc0,
+            acc,
+            rev0,
+            rev,
+            evaluate(model) if evaluate else None,
+            evaluate(repaired) if evaluate else None,
+            details,
+        )
+
+    def _recover(self, model: ModelHandle, module: nn.Module, pruned: list[int], x: Tensor, y: Tensor) -> None:
+        """Fine-tune on clean data; gradient hooks keep the pruned weights at exactly zero."""
+        hooks = []
+        for param in (module.weight, module.bias):
+            if param is None:
+                continue
+            keep = torch.ones_like(param)
+            if self.layer == "linear":
+                if param is module.bias:
+                    continue
+                keep[:, pruned] = 0
+            else:
+                keep[pruned] = 0
+            hooks.append(param.register_hook(lambda grad, keep=keep: grad * keep))
+        try:
+            config = TrainConfig(epochs=self.recover_epochs, lr=self.lr, batch_size=32, seed=self.seed, schedule="constant")
+            fit(model.network, x, y, config)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
+@dataclass
+class _UnlearningObjective:
+    mask: Tensor
+    pattern: Tensor
+    fraction: float
+    name: str = "nc-unlearn"
+
+    def __call__(self, network: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        chosen = (torch.rand(x.shape[0], generator=generator) < self.fraction).to(x.device)
+        stamped = (1 - self.mask) * x + self.mask * self.pattern
+        x = torch.where(chosen.view(-1, 1, 1, 1), stamped, x)
+        return F.cross_entropy(network(x), y)  # correct labels, never the target
+
+
+@register(
+    "nc-unlearn",
+    family="defense",
+    knowledge="white",
+    paper="Wang et al. Neural Cleanse. IEEE S&P 2019 (unlearning)",
+    atlas="AML.M0003",
+    summary="fine-tune on clean data, a share stamped with the reversed trigger and its correct label",
+)
+@dataclass
+class Unlearning:
+    """Fine-tune with the reversed trigger on ``fraction`` of the clean rows, labels kept."""
+
+    fraction: float = 0.2
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+    seed: int = 0
+
+    def __call__(
+        self, model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor, evaluate: Evaluate | None = None
+    ) -> MitigationResult:
+        if not 0.0 < self.fraction < 1.0:
+            raise AdvkitError(f"unlearning fraction must be in (0, 1); got {self.fraction}")
+        repaired = _copy(model)
+        objective = _UnlearningObjective(trigger.mask.to(model.device), trigger.pattern.to(model.device), self.fraction)
+        config = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, schedule="constant")
+        fit(repaired.network, x, y, config, objective)
+        return MitigationResult(
+            "nc-unlearn",
+            repaired,
+            _accuracy(model, x, y),
+            _accuracy(repaired, x, y),
+            _trigger_success(model, trigger, x, y),
+            _trigger_success(repaired, trigger, x, y),
+            evaluate(model) if evaluate else None,
+            evaluate(repaired) if evaluate else None,
+            {"epochs": self.epochs, "fraction": self.fraction},
+        )
