@@ -107,3 +107,35 @@ def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "refused" in proc.stderr and "Traceback" not in proc.stderr
     assert keep.read_text() == "precious"  # nothing already written is lost
+
+
+def test_poison_train_inspect_round_trip(tmp_path, capsys):
+    out_dir = tmp_path / "bd"
+    code, stdout, err = run(["poison", "badnets", "--target", "4", "--rate", "0.1", "--out", str(out_dir)], capsys)
+    assert code == 0, err
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["attack"] == "badnets" and len(manifest["poisoned_rows"]) == round(0.1 * manifest["rows"])
+    with np.load(out_dir / "poisoned.npz", allow_pickle=False) as arrays:
+        assert set(arrays["y_train"][manifest["poisoned_rows"]].tolist()) == {4}
+        assert arrays["x_test_triggered"].shape[0] == int((arrays["y_test"] != 4).sum())
+    model = tmp_path / "bd.safetensors"
+    code, _, err = run(["train", "--data", str(out_dir / "poisoned.npz"), "--epochs", "30", "--out", str(model), "--eval-eps", "0.05"], capsys)
+    assert code == 0, err
+    report = tmp_path / "nc.json"
+    code, stdout, err = run(["inspect", "neural-cleanse", "--model", str(model), "--data", str(out_dir / "poisoned.npz"), "--json", str(report)], capsys)
+    assert code == 0, err
+    record = json.loads(report.read_text())
+    assert record["method"] == "neural-cleanse" and record["flagged"] == [4]
+    assert {"class", "score", "anomaly_index", "flagged"} <= set(record["classes"][0])
+
+
+def test_poison_and_inspect_bad_input(tmp_path, capsys):
+    assert_bad_input(["poison", "badnets", "--target", "12", "--out", str(tmp_path / "x")], capsys, "--target 12")
+    assert_bad_input(["poison", "badnets", "--rate", "0", "--out", str(tmp_path / "x")], capsys, "rate")
+    assert_bad_input(["poison", "badnets", "--size", "9", "--out", str(tmp_path / "x")], capsys, "does not fit")
+    assert_bad_input(["poison", "trojan", "--out", str(tmp_path / "x")], capsys, "unknown poisoning")
+    assert not (tmp_path / "x").exists()
+    one_class = tmp_path / "one.npz"
+    np.savez(one_class, x=np.zeros((30, 8, 8), dtype=np.uint8), y=np.zeros(30, dtype=np.int64))
+    assert_bad_input(["inspect", "neural-cleanse", "--data", str(one_class), "--split", "all"], capsys, "no clean samples")
+    assert_bad_input(["inspect", "neural-cleanse", "--data", "mnist5k"], capsys, "expects [1, 8, 8]")

@@ -1,0 +1,77 @@
+"""Neural Cleanse: all classes in one batched optimisation vs class by class.
+
+Both runs take the same number of steps (early stopping off, fixed epochs) on the same
+clean images in the same process. ``speedup`` = class-by-class time / batched time.
+The floor is steps x one bare forward+backward (input gradient) of a batch of
+classes x batch-size images: what the batched optimisation cannot go below.
+Run: ``python benchmarks/bench_neural_cleanse.py --json bench-results/neural_cleanse.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import best_time, case, parse_args, report  # noqa: E402
+
+from advkit.data import load_dataset  # noqa: E402
+from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse  # noqa: E402
+from advkit.models import pretrained  # noqa: E402
+
+EPOCHS = 3
+BATCH = 32
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    cases = []
+    speedups = {}
+    for zoo, data, rows in (("digits-cnn", "digits", 320), ("mnist-cnn", "mnist5k", 320)):
+        model = pretrained(zoo)
+        x = load_dataset(data, split="test", limit=rows).x
+        classes = model.num_classes
+        detector = NeuralCleanse(epochs=EPOCHS, batch_size=BATCH, early_stop=False)
+        steps = EPOCHS * math.ceil(rows / BATCH)
+
+        def batched() -> None:
+            detector.reverse(model, x, generator=torch.Generator().manual_seed(0))
+
+        def one_by_one() -> None:
+            for k in range(classes):
+                detector.reverse(model, x, classes=[k], generator=torch.Generator().manual_seed(0))
+
+        network = model.network.eval()
+        stamped = torch.rand(classes * BATCH, *model.input_shape)
+        wanted = torch.arange(classes).repeat_interleave(BATCH)
+
+        def floor() -> None:
+            for _ in range(steps):
+                x_in = stamped.clone().requires_grad_(True)
+                torch.autograd.grad(F.cross_entropy(network(x_in), wanted, reduction="sum"), x_in)
+
+        floor_s = best_time(floor, args.repeats)
+        batched_s = best_time(batched, args.repeats)
+        serial_s = best_time(one_by_one, args.repeats)
+        speedups[zoo] = serial_s / batched_s
+        cases.append(case(f"{zoo} batched ({classes} classes)", batched_s, floor_s, steps=steps))
+        cases.append(case(f"{zoo} class by class", serial_s, floor_s, steps=steps, speedup=serial_s / batched_s))
+        print(f"{zoo}: speedup {serial_s / batched_s:.2f}x")
+    report(
+        "neural_cleanse",
+        cases,
+        args.json,
+        speedup=speedups.get("digits-cnn"),
+        speedups=speedups,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+    )
+
+
+if __name__ == "__main__":
+    main()
