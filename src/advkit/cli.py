@@ -132,7 +132,7 @@ def attack(
     from advkit.attacks.evasion.base import EvasionAttack
     from advkit.core import Threat
     from advkit.registry import lookup
-    from advkit.sanity import run_checks
+    from advkit.sanity import SanityReport, check_eps_zero, run_checks
 
     entries = [lookup(name, "evasion") for name in names]
     budgets = _floats(eps, "--eps")
@@ -145,31 +145,38 @@ def attack(
         if not 0 <= target < handle.num_classes:
             raise AdvkitError(f"--target {target} is outside the model's classes 0..{handle.num_classes - 1}")
         targets = torch.full_like(dataset.y, target)
+    model_checks = run_checks(handle, dataset.x, dataset.y) if checks else None
     for entry in entries:
+        eps_zero = None
         for budget in budgets:
             threat = Threat(norm=norm, eps=budget, goal=goal)
             attack_obj: EvasionAttack = _make(entry.factory, threat, settings, batch_size, entry.name)
-            generator = torch.Generator().manual_seed(seed)
             rows = slice(None)
             if targets is not None:
-                keep = dataset.y != target  # a row cannot be moved to its own class
-                rows = keep  # type: ignore[assignment]
-            sanity = run_checks(handle, dataset.x, dataset.y, attack_obj) if checks else None
+                rows = dataset.y != target  # type: ignore[assignment]  # a row cannot move to its own class
+            if model_checks is not None and eps_zero is None:
+                eps_zero = check_eps_zero(attack_obj, handle, dataset.x[rows][:64], dataset.y[rows][:64])
             result = attack_obj(
                 handle,
                 dataset.x[rows],
                 dataset.y[rows],
                 target=targets[rows] if targets is not None else None,
-                generator=generator,
+                generator=torch.Generator().manual_seed(seed),
                 progress=progress,
             )
             record = result.to_dict()
             record.update({"model": model, "data": data, "split": split, "seed": seed})
-            if sanity is not None:
+            if model_checks is not None and eps_zero is not None:
+                sanity = SanityReport(model_checks.findings + [eps_zero])
                 record["sanity"] = sanity.to_dict()
-                for reason in sanity.reasons:
-                    err.print(f"unreliable: {reason}", markup=False)
             results.append(record)
+    if model_checks is not None:
+        seen: set[str] = set()
+        for record in results:
+            for reason in record["sanity"]["reasons"]:
+                if reason not in seen:
+                    seen.add(reason)
+                    err.print(f"unreliable: {reason}", markup=False)
     _print_attack_table(results)
     _write_json(json_path, results[0] if len(results) == 1 else results)
 

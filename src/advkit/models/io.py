@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import asdict
@@ -162,10 +163,7 @@ def load_model(
         raw = json.loads(header[META_KEY]) if META_KEY in header else sidecar
         if raw is None:
             raise AdvkitError(f"{where}: no advkit metadata in the header and no sidecar {path.name}.json")
-        info = info_from_dict(raw, where)
-        net = _build_from_info(info, where)
-        _load_state(net, state, where)
-        return ModelHandle(net.eval(), info, device=device or "cpu")
+        return _handle_from_weights(state, raw, where, device)
     if suffix == ".onnx":
         return _load_onnx(path, sidecar, sample_shape, device)
     if _is_torchscript(path):
@@ -187,9 +185,8 @@ def _load_checkpoint(path: Path, sidecar: dict[str, Any] | None, device: str | N
             warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" chatter
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = " ".join(str(exc).split())
-        hint = reason.split("Unsupported global:")[-1].split(".")[0:3] if "Unsupported global" in reason else []
-        named = f" (it names {'.'.join(hint).strip()})" if hint else ""
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        named = f" (it names {found.group(1)})" if found else ""
         raise AdvkitError(
             f"{where}: refused: the checkpoint contains pickled Python objects{named}; only plain weights load"
         ) from None
@@ -205,6 +202,11 @@ def _load_checkpoint(path: Path, sidecar: dict[str, Any] | None, device: str | N
             raw = json.loads(obj[META_KEY])
     if raw is None:
         raise AdvkitError(f"{where}: a plain state dict needs a sidecar {path.name}.json naming arch, input_shape, num_classes")
+    return _handle_from_weights(state, raw, where, device)
+
+
+def _handle_from_weights(state: dict[str, Any], raw: dict[str, Any], where: str, device: str | None) -> ModelHandle:
+    """Metadata + weights -> the named architecture with those weights, in eval mode."""
     info = info_from_dict(raw, where)
     net = _build_from_info(info, where)
     _load_state(net, state, where)
