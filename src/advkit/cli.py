@@ -415,6 +415,95 @@ def inspect(
     )
 
 
+@app.command()
+def audit(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (default: the builtin audit)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory")] = Path("runs/audit"),
+    resume: Annotated[bool, typer.Option("--resume", help="continue a run: finished steps are not recomputed")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="local (ray: not yet)")] = "local",
+    print_config: Annotated[bool, typer.Option("--print-config", help="print the default config and exit")] = False,
+) -> None:
+    """Attack, mitigate, attack again; write report.json and report.html in the run directory."""
+    from advkit.audit.config import default_yaml, load_config
+    from advkit.audit.report import write_views
+    from advkit.audit.runner import AuditRunner
+
+    if print_config:
+        out.print(default_yaml(), markup=False, highlight=False, end="")
+        return
+    if executor != "local":
+        raise AdvkitError(f"--executor {executor}: only 'local' is available in this version")
+    cfg = load_config(config)
+    runner = AuditRunner(cfg, out_dir, resume=resume, progress=_progress_callback(True), notify=lambda m: err.print(m, markup=False))
+    report = runner.run()
+    html = write_views(out_dir, report, ("html",))[0]
+    _print_audit_summary(report)
+    out.print(f"report: {html}")
+
+
+def _print_audit_summary(report: dict[str, Any]) -> None:
+    table = Table(title="advkit audit: accuracy under attack (clean accuracy in the header)")
+    table.add_column("attack")
+    table.add_column("eps", justify="right")
+    for model in report["models"]:
+        table.add_column(f"{model['label']}\nclean {model['clean_accuracy']:.1%}", justify="right")
+    cells = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
+    for attack in sorted({r["attack"] for r in report["evasion"]}):
+        for eps in sorted({r["threat"]["eps"] for r in report["evasion"]}):
+            row = [attack, f"{eps:g}"]
+            for model in report["models"]:
+                r = cells.get((model["id"], attack, eps))
+                row.append(f"{r['adversarial_accuracy']:.1%}" if r else "-")
+            table.add_row(*row)
+    out.print(table)
+    for scenario in report["backdoor"]["scenarios"]:
+        line = f"{scenario['id']}: backdoor success {scenario['attack_success_rate']:.1%}, clean {scenario['clean_accuracy']:.1%}"
+        for m in scenario["mitigations"]:
+            if m.get("applied"):
+                line += f"; {m['mitigation']} -> {m['attack_success_rate_after']:.1%} (clean {m['held_out_clean_accuracy_after']:.1%})"
+        out.print(line)
+    out.print("findings:")
+    for f in report["findings"]:
+        out.print(f"  [{f['severity'].upper()}] {f['title']}", markup=False, highlight=False)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory holding report.json")],
+    fmt: Annotated[str, typer.Option("--format", help="html|md|sarif")] = "html",
+) -> None:
+    """Rebuild the HTML from report.json, or write Markdown or SARIF."""
+    from advkit.audit.report import load_report, write_views
+
+    if fmt not in ("html", "md", "sarif"):
+        raise AdvkitError(f"--format must be html, md or sarif; got {fmt!r}")
+    path = write_views(run_dir, load_report(run_dir), (fmt,))[0]
+    out.print(f"wrote {path}")
+
+
+provenance_app = typer.Typer(no_args_is_help=True, help="Data and model provenance manifests.")
+app.add_typer(provenance_app, name="provenance")
+
+
+@provenance_app.command("verify")
+def provenance_verify(manifest: Annotated[Path, typer.Argument(help="a provenance.json manifest")]) -> None:
+    """Re-hash every file in a manifest; exit 1 when any changed or is missing."""
+    from advkit.data.provenance import verify_manifest
+
+    rows = verify_manifest(manifest)
+    table = Table(title=f"provenance {manifest}")
+    for column in ("status", "role", "path"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["status"], row.get("role", ""), row["path"])
+    out.print(table)
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        err.print(f"{len(bad)} of {len(rows)} files changed or missing", markup=False)
+        raise typer.Exit(1)
+    out.print(f"all {len(rows)} files unchanged")
+
+
 @app.command(name="list")
 def list_methods(
     family: Annotated[str | None, typer.Option("--family", help="evasion|defense|arch")] = None,
@@ -440,7 +529,9 @@ def list_methods(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; bad input ends in one line and exit code 2."""
     try:
-        app(args=argv, prog_name="advkit", standalone_mode=False)
+        code = app(args=argv, prog_name="advkit", standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            raise SystemExit(code)
     except AdvkitError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None

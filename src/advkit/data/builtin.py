@@ -27,7 +27,8 @@ def load_digits_dataset() -> Dataset:
 
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)
-    return from_arrays(x, bunch.target, "digits", DIGIT_CLASSES)
+    source = Path(importlib.util.find_spec("sklearn").origin).parent / "datasets" / "data" / "digits.csv.gz"  # type: ignore[arg-type, union-attr]
+    return from_arrays(x, bunch.target, "digits", DIGIT_CLASSES, files=[source] if source.is_file() else [])
 
 
 def mnist5k_file() -> Path:

@@ -1,0 +1,1 @@
+"""The audit: one command from model to a trustworthy report."""

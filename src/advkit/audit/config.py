@@ -1,0 +1,163 @@
+"""The audit's YAML configuration: a pydantic schema with defaults that make a full audit.
+
+Unknown keys and bad values are rejected with the dotted key and its line in the file.
+``advkit audit --print-config`` writes the default configuration to start from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from advkit.errors import AdvkitError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvasionConfig(_Strict):
+    """Evasion attacks run on the model and on every mitigated model."""
+
+    attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd"])
+    norm: Literal["linf", "l2"] = "linf"
+    eps: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3])
+    goal: Literal["untargeted", "targeted", "confidence"] = "untargeted"
+    steps: int = Field(10, ge=1)
+    restarts: int = Field(3, ge=1)
+    limit: int | None = Field(None, ge=1, description="attack only the first N rows")
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, values: list[float]) -> list[float]:
+        if not values:
+            raise ValueError("needs at least one budget")
+        for value in values:
+            if not value >= 0:
+                raise ValueError(f"eps must be >= 0, got {value}")
+        return sorted(values)
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, names: list[str]) -> list[str]:
+        from advkit.registry import lookup
+
+        for name in names:
+            try:
+                lookup(name, "evasion")
+            except AdvkitError as exc:
+                raise ValueError(str(exc)) from None
+        return names
+
+
+class TriggerConfig(_Strict):
+    size: int = Field(3, ge=1)
+    position: str | list[int] = "bottom-right"
+    pattern: Literal["checkerboard", "solid", "random"] = "checkerboard"
+    values: list[float] | None = None
+    alpha: float = Field(0.1, gt=0, le=1)
+
+
+class PoisoningConfig(_Strict):
+    """One backdoor scenario: poison the train split, train a model on it."""
+
+    attack: Literal["badnets", "blend"] = "badnets"
+    target: int = Field(0, ge=0)
+    rate: float = Field(0.1, gt=0, le=1)
+    mode: Literal["all-to-one", "all-to-all"] = "all-to-one"
+    trigger: TriggerConfig = Field(default_factory=TriggerConfig)
+
+
+class AdversarialTrainingConfig(_Strict):
+    """The evasion mitigation: train a hardened copy of the architecture."""
+
+    defense: Literal["adv-pgd", "adv-fast", "trades"] = "adv-pgd"
+    eps: float = Field(0.2, gt=0)
+    epochs: int = Field(30, ge=1)
+
+
+class BackdoorDefenseConfig(_Strict):
+    """Inspect each poisoned model with Neural Cleanse, then repair it."""
+
+    inspect: Literal["neural-cleanse"] = "neural-cleanse"
+    epochs: int = Field(60, ge=1)
+    mitigations: list[Literal["nc-unlearn", "nc-prune"]] = Field(default_factory=lambda: ["nc-unlearn", "nc-prune"])
+
+
+class AuditConfig(_Strict):
+    """Everything one audit does; every field has a default."""
+
+    version: Literal[1] = 1
+    model: str = "zoo:digits-cnn"
+    data: str = "digits"
+    split: Literal["train", "test"] = "test"
+    limit: int | None = Field(None, ge=1)
+    seed: int = 0
+    evasion: EvasionConfig = Field(default_factory=EvasionConfig)
+    adversarial_training: AdversarialTrainingConfig | None = Field(default_factory=AdversarialTrainingConfig)
+    poisoning: list[PoisoningConfig] = Field(default_factory=lambda: [PoisoningConfig()])
+    backdoor_defense: BackdoorDefenseConfig | None = Field(default_factory=BackdoorDefenseConfig)
+
+
+def default_yaml() -> str:
+    """The default configuration as YAML (what ``--print-config`` writes)."""
+    header = "# advkit audit configuration (every key optional; these are the defaults)\n"
+    return header + yaml.safe_dump(AuditConfig().model_dump(mode="json"), sort_keys=False)
+
+
+def _key_lines(node: yaml.Node, prefix: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Line (1-based) of every key path in a composed YAML document."""
+    lines: dict[tuple[Any, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = prefix + (key.value,)
+            lines[path] = key.start_mark.line + 1
+            lines.update(_key_lines(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = prefix + (index,)
+            lines[path] = item.start_mark.line + 1
+            lines.update(_key_lines(item, path))
+    return lines
+
+
+def load_config(path: str | Path | None) -> AuditConfig:
+    """Read and validate a YAML config (``None``: the defaults)."""
+    if path is None:
+        return AuditConfig()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise AdvkitError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise AdvkitError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise AdvkitError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise AdvkitError(f"{path}: the config must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        return AuditConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        lines = _key_lines(node) if node is not None else {}
+        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+        dotted = ".".join(str(part) for part in loc) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key '{dotted}'"
+        else:
+            message = f"{dotted}: {error['msg']}"
+            if "input" in error and not isinstance(error["input"], dict | list):
+                message += f" (got {error['input']!r})"
+        raise AdvkitError(f"{path}{f':{line}' if line else ''}: {message}") from None

@@ -1,0 +1,332 @@
+"""The audit report: ``report.json`` (versioned schema) and its HTML, Markdown and SARIF views.
+
+``report.json`` holds numbers only, except ``timings`` (wall seconds per step) and
+``environment``; two runs with the same seed differ in nothing else. The HTML is
+self-contained (plots inline as PNG) and rendered by jinja2 with autoescaping, so
+nothing from a config, a file name or a class name can inject markup.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from advkit import __version__
+from advkit.audit.atlas import ids_for
+from advkit.errors import AdvkitError
+
+if TYPE_CHECKING:
+    from advkit.audit.runner import AuditRunner, Step
+
+SCHEMA = "advkit.audit"
+SCHEMA_VERSION = 1
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+
+
+def build_report(runner: AuditRunner, plan: list[Step]) -> dict[str, Any]:
+    """Assemble the report from the step results, in plan order."""
+    results = runner.results
+    models = [{"id": "model", "label": f"audited model ({runner.config.model})", "clean_accuracy": _clean_accuracy(results)}]
+    for step in plan:
+        if step.kind == "adversarial-training":
+            r = results[step.id]
+            models.append({"id": step.id, "label": f"{r['defense']} eps={r['eps']:g} (mitigated)", "clean_accuracy": r["clean_accuracy"], "artifact": r["artifact"]})
+    evasion = []
+    for step in plan:
+        if step.kind == "evasion":
+            record = dict(results[step.id])
+            record["step"] = step.id
+            record["atlas"] = ids_for(f"evasion:{record['threat']['knowledge']}")
+            evasion.append(record)
+    scenarios = []
+    for step in plan:
+        if step.kind == "poisoning":
+            name = step.id.split("/", 1)[1]
+            scenario = {"id": step.id, **results[step.id], "atlas": ids_for("poisoning")}
+            scenario["inspection"] = results.get(f"inspect/{name}")
+            scenario["mitigations"] = [
+                {**results[s.id], "atlas": ids_for(s.inputs["mitigation"])} for s in plan if s.kind == "backdoor-mitigation" and s.inputs["poison"] == step.id
+            ]
+            scenarios.append(scenario)
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "advkit_version": __version__,
+        "config": runner.config.model_dump(mode="json"),
+        "environment": environment(runner),
+        "provenance": results["provenance"],
+        "models": models,
+        "evasion": evasion,
+        "backdoor": {
+            "audited_model": results.get("inspect/model"),
+            "scenarios": scenarios,
+            "atlas": ids_for("neural-cleanse"),
+        },
+        "timings": {step.id: runner.timings[step.id] for step in plan},
+        "cached_steps": list(runner.cached),
+    }
+    report["findings"] = findings(report)
+    return report
+
+
+def _clean_accuracy(results: dict[str, Any]) -> float | None:
+    for key, value in results.items():
+        if key.startswith("evasion/model/"):
+            return value["clean_accuracy"]
+    return None
+
+
+def environment(runner: AuditRunner) -> dict[str, Any]:
+    import numpy
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "device": str(runner.model().device),
+        "cuda": torch.cuda.is_available(),
+        "seed": runner.config.seed,
+    }
+
+
+def _severity_for_budget(eps: float, norm: str) -> str:
+    """How bad it is that accuracy halves at this budget (pixel range [0, 1])."""
+    small, medium = (8 / 255, 0.1) if norm == "linf" else (0.5, 1.5)
+    if eps <= small:
+        return "critical"
+    if eps <= medium:
+        return "high"
+    return "medium"
+
+
+def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each finding with severity, title, detail and ATLAS ids; worst first."""
+    out: list[dict[str, Any]] = []
+    sanity = report["provenance"].get("sanity", {})
+    for reason in sanity.get("reasons", []):
+        out.append({"severity": "high", "title": "Results may be unreliable", "detail": reason, "atlas": []})
+    for record in report["evasion"]:
+        zero = record.get("eps_zero", {})
+        if zero and not zero.get("ok", True):
+            out.append({"severity": "high", "title": f"{record['attack']}: eps=0 changes accuracy", "detail": zero["detail"], "atlas": []})
+    audited = report["backdoor"]["audited_model"]
+    if audited is not None:
+        if audited["flagged"]:
+            flagged = ", ".join(str(c) for c in audited["flagged"])
+            out.append({
+                "severity": "critical",
+                "title": f"Backdoor suspected in the audited model (target class {flagged})",
+                "detail": "Neural Cleanse found an abnormally small trigger that sends clean inputs to this class (anomaly index > 2).",
+                "atlas": ids_for("backdoor-in-model"),
+            })
+        else:
+            out.append({
+                "severity": "info",
+                "title": "No backdoor found in the audited model",
+                "detail": "Neural Cleanse found no class with an abnormally small trigger; it does not rule out large or input-specific triggers.",
+                "atlas": ids_for("neural-cleanse"),
+            })
+    for model in report["models"]:
+        rows = [r for r in report["evasion"] if r["model"] == model["id"]]
+        for attack in sorted({r["attack"] for r in rows}):
+            curve = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["threat"]["eps"])
+            broken = next((r for r in curve if r["adversarial_accuracy"] < 0.5 * r["clean_accuracy"]), None)
+            norm = curve[0]["threat"]["norm"]
+            if broken is not None:
+                severity = _severity_for_budget(broken["threat"]["eps"], norm) if model["id"] == "model" else "info"
+                title = (
+                    f"{attack.upper()} ({norm}) at eps={broken['threat']['eps']:g} cuts accuracy of the {model['label']} "
+                    f"from {broken['clean_accuracy']:.1%} to {broken['adversarial_accuracy']:.1%}"
+                )
+                out.append({"severity": severity, "title": title, "detail": f"attack success rate {broken['attack_success_rate']:.1%} of correctly classified rows", "atlas": broken["atlas"]})
+            elif model["id"] == "model":
+                last = curve[-1]
+                out.append({
+                    "severity": "low",
+                    "title": f"{attack.upper()} ({norm}) keeps accuracy above half up to eps={last['threat']['eps']:g} ({last['adversarial_accuracy']:.1%})",
+                    "detail": "robust within the audited budgets",
+                    "atlas": last["atlas"],
+                })
+    def worst_by_eps(model_id: str) -> dict[float, dict[str, Any]]:
+        """Per budget, the strongest attack's row (each budget counts its worst case)."""
+        worst: dict[float, dict[str, Any]] = {}
+        for r in report["evasion"]:
+            eps = r["threat"]["eps"]
+            if r["model"] == model_id and (eps not in worst or r["adversarial_accuracy"] < worst[eps]["adversarial_accuracy"]):
+                worst[eps] = r
+        return worst
+
+    base = worst_by_eps("model")
+    for model in report["models"][1:]:
+        hardened = worst_by_eps(model["id"])
+        gains = [(hardened[e]["adversarial_accuracy"] - base[e]["adversarial_accuracy"], e) for e in hardened if e in base]
+        if gains:
+            _, eps = max(gains)
+            before, after = base[eps], hardened[eps]
+            out.append({
+                "severity": "info",
+                "title": (
+                    f"Mitigation {model['label']}: worst-case accuracy at eps={eps:g} rises from "
+                    f"{before['adversarial_accuracy']:.1%} ({before['attack']}) to {after['adversarial_accuracy']:.1%} ({after['attack']})"
+                ),
+                "detail": f"clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}",
+                "atlas": ids_for(model["id"].split("/", 1)[1]),
+            })
+    for scenario in report["backdoor"]["scenarios"]:
+        rate = scenario["params"]["rate"]
+        severity = "high" if scenario["attack_success_rate"] >= 0.9 else "medium" if scenario["attack_success_rate"] >= 0.5 else "low"
+        out.append({
+            "severity": severity,
+            "title": f"Poisoning {rate:.0%} of the training data with {scenario['attack']} plants a backdoor that works on {scenario['attack_success_rate']:.1%} of inputs",
+            "detail": f"clean accuracy of the poisoned model stays {scenario['clean_accuracy']:.1%}; the audited model obeys the same trigger on {scenario['audited_model_trigger_success']:.1%}",
+            "atlas": scenario["atlas"],
+        })
+        inspection = scenario.get("inspection")
+        target = scenario["params"]["target"]
+        if inspection is not None:
+            caught = target in inspection["flagged"]
+            out.append({
+                "severity": "info" if caught else "medium",
+                "title": f"Neural Cleanse {'finds' if caught else 'misses'} the planted backdoor (target {target}; flagged {inspection['flagged'] or 'nothing'})",
+                "detail": "model validation by trigger reverse engineering",
+                "atlas": ids_for("neural-cleanse"),
+            })
+        for mitigation in scenario["mitigations"]:
+            if not mitigation.get("applied"):
+                out.append({"severity": "medium", "title": f"{mitigation['mitigation']} not applied", "detail": mitigation["reason"], "atlas": mitigation["atlas"]})
+                continue
+            out.append({
+                "severity": "info",
+                "title": (
+                    f"{mitigation['mitigation']} brings backdoor success from {mitigation['attack_success_rate_before']:.1%} "
+                    f"to {mitigation['attack_success_rate_after']:.1%}"
+                ),
+                "detail": f"held-out clean accuracy {mitigation['held_out_clean_accuracy_before']:.1%} -> {mitigation['held_out_clean_accuracy_after']:.1%}",
+                "atlas": mitigation["atlas"],
+            })
+    return sorted(out, key=lambda f: SEVERITIES.index(f["severity"]))
+
+
+# -- views ------------------------------------------------------------------------------
+
+
+def load_report(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AdvkitError(f"{path}: no report here (run advkit audit --out {run_dir} first)") from None
+    except json.JSONDecodeError as exc:
+        raise AdvkitError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if report.get("schema") != SCHEMA:
+        raise AdvkitError(f"{path}: not an advkit audit report")
+    if report.get("schema_version") != SCHEMA_VERSION:
+        raise AdvkitError(f"{path}: report schema version {report.get('schema_version')} is not {SCHEMA_VERSION}")
+    return report
+
+
+def render_html(report: dict[str, Any], run_dir: Path) -> str:
+    """The self-contained HTML page (jinja2, autoescaped, plots inline)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from advkit.audit import plots
+
+    names = report["provenance"]["model_info"]["classes"]
+    model_rows = [r for r in report["evasion"] if r["model"] == "model"]
+    featured = None
+    if model_rows:
+        budgets = sorted({r["threat"]["eps"] for r in model_rows})
+        middle = budgets[len(budgets) // 2]
+        featured = min((r for r in model_rows if r["threat"]["eps"] == middle), key=lambda r: r["adversarial_accuracy"])
+    images = {
+        "eps_curves": plots.eps_curves(report),
+        "heatmap": plots.class_heatmap(report),
+        "examples": plots.examples(run_dir, featured, names) if featured else None,
+        "audited_triggers": plots.triggers(run_dir, report["backdoor"]["audited_model"], names) if report["backdoor"]["audited_model"] else None,
+        "scenario_triggers": [
+            plots.triggers(run_dir, s["inspection"], names) if s.get("inspection") else None for s in report["backdoor"]["scenarios"]
+        ],
+    }
+    env = Environment(loader=PackageLoader("advkit.audit", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    template = env.get_template("report.html.j2")
+    budgets = sorted({r["threat"]["eps"] for r in report["evasion"]})
+    attacks = sorted({r["attack"] for r in report["evasion"]})
+    table = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
+    return template.render(report=report, images=images, budgets=budgets, attacks=attacks, table=table, names=names, severities=SEVERITIES)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A Markdown summary for a model card: findings and the evasion table."""
+    lines = [f"# advkit audit: {report['config']['model']} on {report['config']['data']}", "", "## Findings", ""]
+    for f in report["findings"]:
+        atlas = ", ".join(a["id"] for a in f["atlas"])
+        lines.append(f"- **{f['severity'].upper()}** {f['title']}" + (f" ({atlas})" if atlas else ""))
+    lines += ["", "## Accuracy under attack", "", "| model | attack | eps | clean | under attack | success rate |", "| --- | --- | --- | --- | --- | --- |"]
+    labels = {m["id"]: m["label"] for m in report["models"]}
+    for r in report["evasion"]:
+        lines.append(
+            f"| {labels.get(r['model'], r['model'])} | {r['attack']} | {r['threat']['eps']:g} | {r['clean_accuracy']:.1%} | "
+            f"{r['adversarial_accuracy']:.1%} | {r['attack_success_rate']:.1%} |"
+        )
+    scenarios = report["backdoor"]["scenarios"]
+    if scenarios:
+        lines += ["", "## Backdoor scenarios", "", "| scenario | backdoor success | clean | flagged by Neural Cleanse |", "| --- | --- | --- | --- |"]
+        for s in scenarios:
+            flagged = s["inspection"]["flagged"] if s.get("inspection") else "-"
+            lines.append(f"| {s['id']} | {s['attack_success_rate']:.1%} | {s['clean_accuracy']:.1%} | {flagged} |")
+    return "\n".join(lines) + "\n"
+
+
+SARIF_LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "note"}
+
+
+def render_sarif(report: dict[str, Any]) -> dict[str, Any]:
+    """SARIF 2.1.0: one result per finding, rule id = the finding's first ATLAS id."""
+    rules: dict[str, dict[str, Any]] = {}
+    results = []
+    target = report["config"]["model"]
+    for f in report["findings"]:
+        rule = f["atlas"][0]["id"] if f["atlas"] else "ADVKIT.RELIABILITY"
+        rules.setdefault(rule, {"id": rule, "name": f["atlas"][0]["name"] if f["atlas"] else "Reliability of the evaluation"})
+        results.append({
+            "ruleId": rule,
+            "level": SARIF_LEVEL[f["severity"]],
+            "message": {"text": f"{f['title']}. {f['detail']}"},
+            "properties": {"severity": f["severity"], "atlas": [a["id"] for a in f["atlas"]]},
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": target}}}],
+        })
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{"tool": {"driver": {"name": "advkit", "version": report["advkit_version"], "rules": list(rules.values())}}, "results": results}],
+    }
+
+
+def write_views(run_dir: Path, report: dict[str, Any], formats: tuple[str, ...] = ("html",)) -> list[Path]:
+    """Write the requested views of a report into the run directory, atomically."""
+    from advkit.fileio import atomic_path, write_json
+
+    written = []
+    for fmt in formats:
+        if fmt == "html":
+            path = run_dir / "report.html"
+            with atomic_path(path) as tmp:
+                tmp.write_text(render_html(report, run_dir))
+        elif fmt == "md":
+            path = run_dir / "report.md"
+            with atomic_path(path) as tmp:
+                tmp.write_text(render_markdown(report))
+        elif fmt == "sarif":
+            path = run_dir / "report.sarif"
+            write_json(path, render_sarif(report))
+        else:
+            raise AdvkitError(f"--format must be html, md or sarif; got {fmt!r}")
+        written.append(path)
+    return written

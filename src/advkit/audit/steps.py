@@ -1,0 +1,226 @@
+"""The audit's step functions: each takes a StepContext and returns a JSON-able result.
+
+Results hold numbers only (no wall times: those live in the runner's timings), so a
+resumed run and an uninterrupted run with the same seed give equal results.
+"""
+
+from __future__ import annotations
+
+import inspect as _inspect
+from typing import Any
+
+import numpy as np
+import torch
+
+from advkit.audit.config import PoisoningConfig
+from advkit.audit.runner import StepContext, _slug, save_arrays, scenario_trigger, threat_for
+from advkit.core import ModelHandle, ModelInfo
+from advkit.errors import AdvkitError
+
+EXAMPLES = 8
+
+
+def provenance(ctx: StepContext) -> dict[str, Any]:
+    """SHA-256 of the model file and data files, plus the reliability checks."""
+    from advkit.sanity import run_checks
+
+    runner = ctx.runner
+    manifest = runner.fingerprint()
+    data = runner.eval_data()
+    checks = run_checks(runner.model(), data.x, data.y)
+    manifest["sanity"] = checks.to_dict()
+    manifest["model_info"] = {
+        "input_shape": list(runner.model().input_shape),
+        "num_classes": runner.model().num_classes,
+        "arch": runner.model().info.arch,
+        "classes": runner.model().info.class_names(),
+    }
+    return manifest
+
+
+def _target_model(ctx: StepContext, target: str) -> ModelHandle:
+    return ctx.runner.model() if target == "model" else ctx.runner.trained_model(target)
+
+
+def _make_attack(name: str, threat: Any, steps: int, restarts: int) -> Any:
+    from advkit.registry import lookup
+
+    factory = lookup(name, "evasion").factory
+    accepted = _inspect.signature(factory.__init__).parameters
+    kwargs = {k: v for k, v in {"steps": steps, "restarts": restarts}.items() if k in accepted}
+    return factory(threat, **kwargs)
+
+
+def evasion(ctx: StepContext) -> dict[str, Any]:
+    """One evasion attack at one budget on the audited or a mitigated model."""
+    from advkit.sanity import check_eps_zero
+
+    cfg = ctx.runner.config
+    inputs = ctx.step.inputs
+    model = _target_model(ctx, inputs["target"])
+    data = ctx.runner.eval_data().head(cfg.evasion.limit)
+    attack = _make_attack(inputs["attack"], threat_for(cfg, inputs["eps"]), cfg.evasion.steps, cfg.evasion.restarts)
+    result = attack(model, data.x, data.y, generator=ctx.generator)
+    record = result.to_dict()
+    record.pop("seconds")
+    record["model"] = inputs["target"]
+    record["eps_zero"] = check_eps_zero(attack, model, data.x[:64], data.y[:64]).to_dict()
+    name = f"artifacts/examples/{_slug(ctx.step.id)}.npz"
+    (ctx.runner.run_dir / "artifacts" / "examples").mkdir(parents=True, exist_ok=True)
+    save_arrays(
+        ctx.runner.run_dir / name,
+        x=data.x[:EXAMPLES].cpu().numpy(),
+        x_adv=result.x_adv[:EXAMPLES].cpu().numpy(),
+        y=data.y[:EXAMPLES].cpu().numpy(),
+        clean_pred=result.clean_pred[:EXAMPLES].cpu().numpy(),
+        adv_pred=result.adv_pred[:EXAMPLES].cpu().numpy(),
+    )
+    record["examples"] = name
+    return record
+
+
+def inspect(ctx: StepContext) -> dict[str, Any]:
+    """Neural Cleanse on the audited model or on a model trained on poisoned data."""
+    import warnings
+
+    from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse, report_rows
+
+    target = ctx.step.inputs["target"]
+    model = _target_model(ctx, target)
+    data = ctx.runner.eval_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = NeuralCleanse(epochs=ctx.step.inputs["epochs"])(model, data.x, data.y, generator=ctx.generator)
+    triggers = report.details["triggers"]
+    name = f"artifacts/triggers-{_slug(target)}.npz"
+    save_arrays(
+        ctx.runner.run_dir / name,
+        mask=torch.stack([t.mask for t in triggers]).numpy(),
+        pattern=torch.stack([t.pattern for t in triggers]).numpy(),
+    )
+    return {
+        "method": "neural-cleanse",
+        "model": target,
+        "classes": report_rows(report),
+        "flagged": report.flagged_ids,
+        "median_l1": report.details["median_l1"],
+        "warnings": report.details["warnings"],
+        "triggers": name,
+    }
+
+
+def _trainable(ctx: StepContext, purpose: str) -> tuple[str, ModelInfo]:
+    info = ctx.runner.model().info
+    if not info.arch:
+        raise AdvkitError(
+            f"{purpose} retrains the model's architecture, but {ctx.runner.config.model} does not name one "
+            "(TorchScript/ONNX): remove that section from the config or give metadata with 'arch'"
+        )
+    return info.arch, info
+
+
+def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, objective: Any, epochs: int, extra: dict[str, Any], name: str) -> dict[str, Any]:
+    from advkit.models import TrainConfig, build, fit, save_model
+    from advkit.models.zoo import ZOO
+
+    arch, info = _trainable(ctx, extra.get("objective", "training"))
+    c, h, _ = info.input_shape
+    seed = ctx.runner.config.seed
+    net = build(arch, in_channels=c, num_classes=info.num_classes, image_size=h, seed=seed)
+    new_info = ModelInfo(
+        input_shape=info.input_shape, num_classes=info.num_classes, bounds=info.bounds, mean=info.mean, std=info.std,
+        classes=info.classes, arch=arch, extra=extra,
+    )
+    handle = ModelHandle(net, new_info, device=ctx.runner.model().device)
+    lr = ZOO[arch].lr if arch in ZOO else 2e-3
+    fit(handle.network, x, y, TrainConfig(epochs=epochs, lr=lr, seed=seed), objective)
+    path = ctx.artifact(f"{name}.safetensors")
+    save_model(handle, path)
+    data = ctx.runner.eval_data()
+    return {"artifact": str(path.relative_to(ctx.runner.run_dir)), "clean_accuracy": float((handle.predict(data.x) == data.y).float().mean())}
+
+
+def adversarial_training(ctx: StepContext) -> dict[str, Any]:
+    """Train a hardened copy of the audited architecture on the train split."""
+    from advkit.defenses.adversarial_training import DEFENSES
+
+    cfg = ctx.runner.config.adversarial_training
+    assert cfg is not None
+    train = ctx.runner.train_data()
+    steps_per_epoch = -(-len(train) // 64)
+    objective = DEFENSES[cfg.defense](eps=cfg.eps, norm=ctx.runner.config.evasion.norm, warmup_steps=steps_per_epoch * max(1, cfg.epochs // 10))
+    result = _train(ctx, train.x, train.y, objective, cfg.epochs, {"objective": cfg.defense, "eps": cfg.eps}, cfg.defense)
+    result.update({"defense": cfg.defense, "eps": cfg.eps, "epochs": cfg.epochs})
+    return result
+
+
+def poisoning(ctx: StepContext) -> dict[str, Any]:
+    """Poison the train split, train the architecture on it, measure the backdoor."""
+    from advkit.attacks.poisoning import backdoor_success_rate
+    from advkit.models.zoo import ZOO
+
+    scenario = PoisoningConfig.model_validate(ctx.step.inputs)
+    attack = scenario_trigger(scenario)
+    train = ctx.runner.train_data()
+    arch, info = _trainable(ctx, "the poisoning scenario")
+    if scenario.target >= info.num_classes:
+        raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
+    poisoned = attack(train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
+    epochs = ZOO[arch].epochs if arch in ZOO else 20
+    name = ctx.step.id.split("/", 1)[1]
+    result = _train(ctx, poisoned.x, poisoned.y, None, epochs, {"objective": "standard", "poisoned": attack.name}, f"poisoned-{name}")
+    data = ctx.runner.eval_data()
+    result.update(
+        {
+            "attack": attack.name,
+            "params": attack.params(),
+            "poisoned_rows": len(poisoned.rows),
+            "train_rows": len(train),
+            "attack_success_rate": backdoor_success_rate(ctx.runner.trained_model_from(result["artifact"]), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
+            "audited_model_trigger_success": backdoor_success_rate(ctx.runner.model(), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
+        }
+    )
+    mask, pattern = attack.trigger.mask_and_pattern(info.input_shape, info.bounds)
+    result["trigger_l1"] = float(mask.sum())
+    return result
+
+
+def backdoor_mitigation(ctx: StepContext) -> dict[str, Any]:
+    """Repair the poisoned model with the trigger Neural Cleanse reversed for the flagged class."""
+    from advkit.attacks.poisoning import backdoor_success_rate
+    from advkit.defenses.backdoor.mitigation import NeuronPruning, Unlearning
+    from advkit.defenses.backdoor.neural_cleanse import ReversedTrigger
+
+    inputs = ctx.step.inputs
+    inspected = ctx.result(inputs["inspect"])
+    poison = ctx.result(inputs["poison"])
+    scenario = PoisoningConfig.model_validate(ctx.runner.plan_inputs(inputs["poison"]))
+    attack = scenario_trigger(scenario)
+    if not inspected["flagged"]:
+        return {"mitigation": inputs["mitigation"], "applied": False, "reason": "Neural Cleanse flagged no class, so there is no trigger to repair with"}
+    rows = {r["class"]: r for r in inspected["classes"]}
+    target = max(inspected["flagged"], key=lambda c: rows[c]["anomaly_index"] or float("inf"))
+    with np.load(ctx.runner.run_dir / inspected["triggers"], allow_pickle=False) as arrays:
+        trigger = ReversedTrigger(target, torch.from_numpy(arrays["mask"][target]), torch.from_numpy(arrays["pattern"][target]), float(rows[target]["score"]), float(rows[target]["trigger_success"]))
+    model = ctx.runner.trained_model(inputs["poison"])
+    data = ctx.runner.eval_data()
+    half = len(data) // 2
+    xd, yd, xe, ye = data.x[:half], data.y[:half], data.x[half:], data.y[half:]
+
+    def real_asr(m: ModelHandle) -> float:
+        return backdoor_success_rate(m, xe, ye, attack.trigger, scenario.target, scenario.mode)
+
+    mitigation = Unlearning(seed=ctx.runner.config.seed) if inputs["mitigation"] == "nc-unlearn" else NeuronPruning(seed=ctx.runner.config.seed)
+    outcome = mitigation(model, trigger, xd, yd, evaluate=real_asr)
+    record = outcome.to_dict()
+    record.update(
+        {
+            "applied": True,
+            "repaired_class": target,
+            "true_target": scenario.target,
+            "held_out_clean_accuracy_before": float((model.predict(xe) == ye).float().mean()),
+            "held_out_clean_accuracy_after": float((outcome.model.predict(xe) == ye).float().mean()),
+            "poisoned_model": poison["artifact"],
+        }
+    )
+    return record

@@ -1,0 +1,204 @@
+"""The audit: plan, resume after SIGKILL, determinism, report views, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from advkit.cli import main
+
+SMALL = """\
+limit: 120
+evasion:
+  attacks: [fgsm, pgd]
+  eps: [0.1, 0.3]
+  steps: 5
+  restarts: 1
+adversarial_training:
+  defense: adv-fast
+  eps: 0.2
+  epochs: 3
+poisoning:
+  - attack: badnets
+    target: 0
+    rate: 0.1
+backdoor_defense:
+  epochs: 5
+  mitigations: [nc-unlearn]
+"""
+VOLATILE = ("timings", "cached_steps", "environment")
+
+
+def numbers(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in VOLATILE}
+
+
+def cli(argv, capsys=None):
+    try:
+        main([str(a) for a in argv])
+        return 0
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(config_file, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "a"
+    assert cli(["audit", config_file, "--out", run_dir]) == 0
+    return run_dir
+
+
+def test_audit_writes_report_json_html_and_provenance(finished_run):
+    report = json.loads((finished_run / "report.json").read_text())
+    assert report["schema"] == "advkit.audit" and report["schema_version"] == 1
+    assert {m["id"] for m in report["models"]} == {"model", "train/adv-fast"}
+    assert len(report["evasion"]) == 2 * 2 * 2  # attacks x eps x models
+    assert all(r["n"] == 120 for r in report["evasion"])
+    scenario = report["backdoor"]["scenarios"][0]
+    assert scenario["attack_success_rate"] > 0.9 and scenario["mitigations"][0]["mitigation"] == "nc-unlearn"
+    assert report["findings"][0]["severity"] in ("critical", "high")
+    assert any(a["id"] == "AML.T0043.000" for r in report["evasion"] for a in r["atlas"])
+    assert set(report["timings"]) >= {"provenance", "train/adv-fast", "poison/0-badnets"}
+    html = (finished_run / "report.html").read_text()
+    assert html.count("<table") >= 4 and html.count("data:image/png;base64,") >= 4
+    assert "Executive summary" in html and "AML.M0003" in html
+    manifest = json.loads((finished_run / "provenance.json").read_text())
+    assert any(f["role"] == "model" for f in manifest["files"])
+
+
+def test_same_seed_same_numbers(finished_run, config_file, tmp_path):
+    again = tmp_path / "b"
+    assert cli(["audit", config_file, "--out", again]) == 0
+    first = json.loads((finished_run / "report.json").read_text())
+    second = json.loads((again / "report.json").read_text())
+    assert numbers(first) == numbers(second)
+
+
+def test_resume_after_sigkill_skips_finished_steps(finished_run, config_file, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "advkit.cli", "audit", str(config_file), "--out", str(run_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    steps = run_dir / "steps"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if steps.is_dir() and len(list(steps.glob("*.json"))) >= 6:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in steps.glob("*.json")}
+    assert 6 <= len(done) < 15, "kill the run in the middle"
+    assert not (run_dir / "report.json").exists()
+    assert cli(["audit", config_file, "--out", run_dir]) == 2  # refuses to mix runs without --resume
+    assert cli(["audit", config_file, "--out", run_dir, "--resume"]) == 0
+    for name, (content, mtime) in done.items():
+        path = steps / name
+        assert path.read_bytes() == content and path.stat().st_mtime_ns == mtime, f"{name} was recomputed"
+    resumed = json.loads((run_dir / "report.json").read_text())
+    assert len(resumed["cached_steps"]) == len(done)
+    assert numbers(resumed) == numbers(json.loads((finished_run / "report.json").read_text()))
+
+
+def test_report_views(finished_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    (copy / "report.html").unlink()
+    assert cli(["report", copy]) == 0 and (copy / "report.html").is_file()
+    assert cli(["report", copy, "--format", "md"]) == 0
+    assert "| model | attack | eps |" in (copy / "report.md").read_text()
+    assert cli(["report", copy, "--format", "sarif"]) == 0
+    sarif = json.loads((copy / "report.sarif").read_text())
+    assert sarif["version"] == "2.1.0" and sarif["runs"][0]["results"]
+    assert {r["level"] for r in sarif["runs"][0]["results"]} <= {"error", "warning", "note"}
+
+
+def test_html_escapes_what_it_shows(finished_run, tmp_path):
+    copy = tmp_path / "evil"
+    shutil.copytree(finished_run, copy)
+    report = json.loads((copy / "report.json").read_text())
+    report["config"]["model"] = "<script>alert(1)</script>"
+    report["findings"][0]["title"] = "<img src=x onerror=alert(2)>"
+    (copy / "report.json").write_text(json.dumps(report))
+    assert cli(["report", copy]) == 0
+    html = (copy / "report.html").read_text()
+    assert "<script>alert(1)" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
+def test_html_renders_in_headless_chromium(finished_run, tmp_path):
+    shot = tmp_path / "shot.png"
+    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (finished_run / "report.html").resolve().as_uri()
+    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-500:]
+    assert dom.stdout.count("<table") >= 4 and dom.stdout.count("data:image/png;base64,") >= 4
+    done = subprocess.run(base + [f"--screenshot={shot}", "--window-size=1200,2400", url], capture_output=True, timeout=120)
+    assert done.returncode == 0 and shot.stat().st_size > 20_000
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    assert cli(["audit", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    path = tmp_path / "default.yaml"
+    path.write_text(text)
+    from advkit.audit.config import AuditConfig, load_config
+
+    assert load_config(path) == AuditConfig()
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("evasion:\n  attacks: [pgd]\n  epz: 3\n", ":3: unknown key 'evasion.epz'"),
+        ("seed: abc\n", ":1: seed:"),
+        ("evasion:\n  eps: [0.1, -0.2]\n", ":2: evasion.eps"),
+        ("evasion:\n  attacks: [pgd, warp]\n", "unknown evasion 'warp'"),
+        ("model: /no/such/model.safetensors\n", "no such file"),
+        ("evasion: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_bad_configs_fail_cleanly(tmp_path, capsys, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    run_dir = tmp_path / "run"
+    assert cli(["audit", path, "--out", run_dir]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not run_dir.exists()
+
+
+def test_provenance_verify_names_changed_files(tmp_path, capsys):
+    from advkit.data.provenance import build_manifest, write_manifest
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"weights")
+    b.write_bytes(b"data")
+    manifest = tmp_path / "provenance.json"
+    write_manifest(manifest, build_manifest({"model": [a], "data": [b]}))
+    assert cli(["provenance", "verify", manifest]) == 0
+    b.write_bytes(b"poisoned data")
+    capsys.readouterr()
+    assert cli(["provenance", "verify", manifest]) == 1
+    out = capsys.readouterr().out
+    assert "changed" in out and "b.bin" in out
+    assert cli(["provenance", "verify", tmp_path / "absent.json"]) == 2
