@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 audit: venv
-	$(VENV)/bin/advkit attack fgsm pgd --model zoo:digits-cnn --data digits --eps 0.05,0.1,0.2,0.3
+	rm -rf runs/audit
+	$(VENV)/bin/advkit audit --out runs/audit
 
 test: venv
 	$(PY) -m pytest -q
