@@ -76,14 +76,14 @@ class AdversarialTrainingConfig(_Strict):
 
     defense: Literal["adv-pgd", "adv-fast", "trades"] = "adv-pgd"
     eps: float = Field(0.2, gt=0)
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(20, ge=1)
 
 
 class BackdoorDefenseConfig(_Strict):
     """Inspect each poisoned model with Neural Cleanse, then repair it."""
 
     inspect: Literal["neural-cleanse"] = "neural-cleanse"
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(40, ge=1)
     mitigations: list[Literal["nc-unlearn", "nc-prune"]] = Field(default_factory=lambda: ["nc-unlearn", "nc-prune"])
 
 

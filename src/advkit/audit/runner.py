@@ -58,7 +58,7 @@ class StepContext:
         return self.runner.run_dir / "artifacts" / name
 
 
-def _slug(step_id: str) -> str:
+def step_slug(step_id: str) -> str:
     return step_id.replace("/", "__").replace("@", "_at_")
 
 
@@ -221,7 +221,7 @@ class AuditRunner:
         for done, step in enumerate(plan):
             step.hash = self._hash(step, base)
             self._hashes[step.id] = step.hash
-            path = steps_dir / f"{_slug(step.id)}.json"
+            path = steps_dir / f"{step_slug(step.id)}.json"
             stored = self._read_step(path) if self.resume else None
             if stored is not None and stored.get("hash") == step.hash and self._artifacts_present(stored["result"]):
                 self.results[step.id] = stored["result"]

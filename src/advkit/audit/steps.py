@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from advkit.audit.config import PoisoningConfig
-from advkit.audit.runner import StepContext, _slug, save_arrays, scenario_trigger, threat_for
+from advkit.audit.runner import StepContext, step_slug, save_arrays, scenario_trigger, threat_for
 from advkit.core import ModelHandle, ModelInfo
 from advkit.errors import AdvkitError
 
@@ -65,7 +65,7 @@ def evasion(ctx: StepContext) -> dict[str, Any]:
     record.pop("seconds")
     record["model"] = inputs["target"]
     record["eps_zero"] = check_eps_zero(attack, model, data.x[:64], data.y[:64]).to_dict()
-    name = f"artifacts/examples/{_slug(ctx.step.id)}.npz"
+    name = f"artifacts/examples/{step_slug(ctx.step.id)}.npz"
     (ctx.runner.run_dir / "artifacts" / "examples").mkdir(parents=True, exist_ok=True)
     save_arrays(
         ctx.runner.run_dir / name,
@@ -92,7 +92,7 @@ def inspect(ctx: StepContext) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         report = NeuralCleanse(epochs=ctx.step.inputs["epochs"])(model, data.x, data.y, generator=ctx.generator)
     triggers = report.details["triggers"]
-    name = f"artifacts/triggers-{_slug(target)}.npz"
+    name = f"artifacts/triggers-{step_slug(target)}.npz"
     save_arrays(
         ctx.runner.run_dir / name,
         mask=torch.stack([t.mask for t in triggers]).numpy(),
