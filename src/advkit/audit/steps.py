@@ -60,7 +60,7 @@ def evasion(ctx: StepContext) -> dict[str, Any]:
     model = _target_model(ctx, inputs["target"])
     data = ctx.runner.eval_data().head(cfg.evasion.limit)
     attack = _make_attack(inputs["attack"], threat_for(cfg, inputs["eps"]), cfg.evasion.steps, cfg.evasion.restarts)
-    result = attack(model, data.x, data.y, generator=ctx.generator)
+    result = attack(model, data.x, data.y, generator=ctx.generator, progress=ctx.runner.progress)
     record = result.to_dict()
     record.pop("seconds")
     record["model"] = inputs["target"]
@@ -90,7 +90,7 @@ def inspect(ctx: StepContext) -> dict[str, Any]:
     data = ctx.runner.eval_data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = NeuralCleanse(epochs=ctx.step.inputs["epochs"])(model, data.x, data.y, generator=ctx.generator)
+        report = NeuralCleanse(epochs=ctx.step.inputs["epochs"])(model, data.x, data.y, generator=ctx.generator, progress=ctx.runner.progress)
     triggers = report.details["triggers"]
     name = f"artifacts/triggers-{step_slug(target)}.npz"
     save_arrays(
@@ -133,7 +133,7 @@ def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, objective: Any, e
     )
     handle = ModelHandle(net, new_info, device=ctx.runner.model().device)
     lr = ZOO[arch].lr if arch in ZOO else 2e-3
-    fit(handle.network, x, y, TrainConfig(epochs=epochs, lr=lr, seed=seed), objective)
+    fit(handle.network, x, y, TrainConfig(epochs=epochs, lr=lr, seed=seed), objective, progress=ctx.runner.progress)
     path = ctx.artifact(f"{name}.safetensors")
     save_model(handle, path)
     data = ctx.runner.eval_data()

@@ -258,6 +258,7 @@ class NeuralCleanse:
         self.warnings = []
         if x.shape[0] == 0:
             raise AdvkitError("neural-cleanse: the clean data is empty")
+        x = check_images(x, model.info, "clean images")
         if y is not None:
             counts = torch.bincount(y.cpu().long(), minlength=model.num_classes)
             if counts.numel() > model.num_classes:
