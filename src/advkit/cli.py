@@ -131,7 +131,7 @@ def attack(
     """Run evasion attacks on a model and data; print accuracy under attack."""
     from advkit.attacks.evasion.base import EvasionAttack
     from advkit.core import Threat
-    from advkit.registry import lookup
+    from advkit.registry import build_evasion, lookup
     from advkit.sanity import SanityReport, check_eps_zero, run_checks
 
     entries = [lookup(name, "evasion") for name in names]
@@ -150,7 +150,7 @@ def attack(
         eps_zero = None
         for budget in budgets:
             threat = Threat(norm=norm, eps=budget, goal=goal)
-            attack_obj: EvasionAttack = _make(entry.factory, threat, settings, batch_size, entry.name)
+            attack_obj: EvasionAttack = build_evasion(entry.name, threat, settings, batch_size=batch_size)
             rows = slice(None)
             if targets is not None:
                 rows = dataset.y != target  # type: ignore[assignment]  # a row cannot move to its own class
@@ -179,16 +179,6 @@ def attack(
                     err.print(f"unreliable: {reason}", markup=False)
     _print_attack_table(results)
     _write_json(json_path, results[0] if len(results) == 1 else results)
-
-
-def _make(factory: Any, threat: Any, settings: dict[str, Any], batch_size: int, name: str) -> Any:
-    import inspect
-
-    accepted = inspect.signature(factory.__init__).parameters
-    unknown = [k for k in settings if k not in accepted]
-    if unknown:
-        raise AdvkitError(f"{name} does not take --{unknown[0].replace('_', '-')}")
-    return factory(threat, batch_size=batch_size, **settings)
 
 
 def _print_attack_table(results: list[dict[str, Any]]) -> None:

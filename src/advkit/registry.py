@@ -50,6 +50,22 @@ def lookup(name: str, family: str | None = None) -> Entry:
     return entry
 
 
+def build_evasion(name: str, threat: Any, settings: dict[str, Any], *, strict: bool = True, **fixed: Any) -> Any:
+    """An evasion attack by name with the settings its constructor takes.
+
+    ``strict``: a setting the attack does not take is an error (the CLI's ``--steps`` on
+    FGSM); otherwise it is dropped (an audit's shared ``steps`` for every attack).
+    """
+    import inspect
+
+    entry = lookup(name, "evasion")
+    accepted = inspect.signature(entry.factory.__init__).parameters
+    unknown = [k for k in settings if k not in accepted]
+    if unknown and strict:
+        raise AdvkitError(f"{entry.name} does not take --{unknown[0].replace('_', '-')}")
+    return entry.factory(threat, **{k: v for k, v in settings.items() if k in accepted}, **fixed)
+
+
 def entries() -> list[Entry]:
     _load_all()
     return sorted(REGISTRY.values(), key=lambda e: (e.family, e.name))

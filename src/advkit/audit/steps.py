@@ -6,7 +6,6 @@ resumed run and an uninterrupted run with the same seed give equal results.
 
 from __future__ import annotations
 
-import inspect as _inspect
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ from advkit.audit.config import PoisoningConfig
 from advkit.audit.runner import StepContext, step_slug, save_arrays, scenario_trigger, threat_for
 from advkit.core import ModelHandle, ModelInfo
 from advkit.errors import AdvkitError
+from advkit.registry import build_evasion
 
 EXAMPLES = 8
 
@@ -42,15 +42,6 @@ def _target_model(ctx: StepContext, target: str) -> ModelHandle:
     return ctx.runner.model() if target == "model" else ctx.runner.trained_model(target)
 
 
-def _make_attack(name: str, threat: Any, steps: int, restarts: int) -> Any:
-    from advkit.registry import lookup
-
-    factory = lookup(name, "evasion").factory
-    accepted = _inspect.signature(factory.__init__).parameters
-    kwargs = {k: v for k, v in {"steps": steps, "restarts": restarts}.items() if k in accepted}
-    return factory(threat, **kwargs)
-
-
 def evasion(ctx: StepContext) -> dict[str, Any]:
     """One evasion attack at one budget on the audited or a mitigated model."""
     from advkit.sanity import check_eps_zero
@@ -59,7 +50,8 @@ def evasion(ctx: StepContext) -> dict[str, Any]:
     inputs = ctx.step.inputs
     model = _target_model(ctx, inputs["target"])
     data = ctx.runner.eval_data().head(cfg.evasion.limit)
-    attack = _make_attack(inputs["attack"], threat_for(cfg, inputs["eps"]), cfg.evasion.steps, cfg.evasion.restarts)
+    settings = {"steps": cfg.evasion.steps, "restarts": cfg.evasion.restarts}
+    attack = build_evasion(inputs["attack"], threat_for(cfg, inputs["eps"]), settings, strict=False)
     result = attack(model, data.x, data.y, generator=ctx.generator, progress=ctx.runner.progress)
     record = result.to_dict()
     record.pop("seconds")
