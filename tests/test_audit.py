@@ -202,3 +202,27 @@ def test_provenance_verify_names_changed_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "changed" in out and "b.bin" in out
     assert cli(["provenance", "verify", tmp_path / "absent.json"]) == 2
+
+
+def test_resume_recomputes_when_the_model_file_changes(tmp_path, digits_model):
+    import torch
+
+    from advkit.models import load_model, save_model
+
+    model_path = tmp_path / "m.safetensors"
+    save_model(digits_model, model_path)
+    config = tmp_path / "evasion-only.yaml"
+    config.write_text(
+        f"model: {model_path}\nlimit: 60\nevasion: {{attacks: [fgsm], eps: [0.1]}}\n"
+        "adversarial_training: null\npoisoning: []\nbackdoor_defense: null\n"
+    )
+    run_dir = tmp_path / "run"
+    assert cli(["audit", config, "--out", run_dir]) == 0
+    assert cli(["audit", config, "--out", run_dir, "--resume"]) == 0
+    assert len(json.loads((run_dir / "report.json").read_text())["cached_steps"]) == 2
+    changed = load_model(str(model_path))
+    with torch.no_grad():
+        next(changed.net.parameters()).add_(0.01)
+    save_model(changed, model_path)
+    assert cli(["audit", config, "--out", run_dir, "--resume"]) == 0
+    assert json.loads((run_dir / "report.json").read_text())["cached_steps"] == []

@@ -78,6 +78,7 @@ class AuditRunner:
         self._models: dict[str, ModelHandle] = {}
         self._eval: Dataset | None = None
         self._train: Dataset | None = None
+        self._fingerprint: dict[str, Any] | None = None
 
     # -- inputs -------------------------------------------------------------------------
     def model(self) -> ModelHandle:
@@ -114,7 +115,12 @@ class AuditRunner:
         return Path(spec)
 
     def fingerprint(self) -> dict[str, Any]:
-        """SHA-256 of the model file and every data file (the provenance manifest)."""
+        """SHA-256 of the model file and every data file (the provenance manifest), computed once."""
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return json.loads(json.dumps(self._fingerprint))
+
+    def _compute_fingerprint(self) -> dict[str, Any]:
         from advkit.data.provenance import build_manifest
 
         files: dict[str, list[Path]] = {"data": list(self.eval_data().files)}
@@ -213,9 +219,12 @@ class AuditRunner:
         steps_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "artifacts").mkdir(exist_ok=True)
         write_json(self.run_dir / "config.json", self.config.model_dump(mode="json"))
+        fingerprint = self.fingerprint()
         base = {
             "config": {k: v for k, v in self.config.model_dump(mode="json").items() if k in ("model", "data", "split", "limit", "seed")},
             "evasion": self.config.evasion.model_dump(mode="json"),
+            # content, not names: a changed model or data file invalidates every step
+            "content": sorted(f["sha256"] for f in fingerprint["files"]) + sorted(fingerprint["data_arrays"].values(), key=str),
         }
         self._hashes: dict[str, str] = {}
         for done, step in enumerate(plan):
