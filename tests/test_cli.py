@@ -7,11 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 from advkit.cli import main
-from advkit.models import save_model
 
 
 def run(argv, capsys):

@@ -50,6 +50,19 @@ def write_json(target: str | os.PathLike[str], data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
+def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """Parse a JSON file; a missing or malformed file is a one-line AdvkitError."""
+    from advkit.errors import AdvkitError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AdvkitError(f"{path}: no such {what}") from None
+    except json.JSONDecodeError as exc:
+        raise AdvkitError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """SHA-256 hex digest of a file, read in chunks."""
     digest = hashlib.sha256()

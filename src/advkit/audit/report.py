@@ -8,7 +8,6 @@ nothing from a config, a file name or a class name can inject markup.
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,14 +217,11 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def load_report(run_dir: str | Path) -> dict[str, Any]:
+    from advkit.fileio import read_json
+
     path = Path(run_dir) / "report.json"
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AdvkitError(f"{path}: no report here (run advkit audit --out {run_dir} first)") from None
-    except json.JSONDecodeError as exc:
-        raise AdvkitError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if report.get("schema") != SCHEMA:
+    report = read_json(path, f"report (run advkit audit --out {run_dir} first)")
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise AdvkitError(f"{path}: not an advkit audit report")
     if report.get("schema_version") != SCHEMA_VERSION:
         raise AdvkitError(f"{path}: report schema version {report.get('schema_version')} is not {SCHEMA_VERSION}")

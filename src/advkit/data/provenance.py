@@ -8,12 +8,11 @@ the files and says which changed or disappeared — the "verify AI artifacts" mi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from advkit.errors import AdvkitError
-from advkit.fileio import sha256_file, write_json
+from advkit.fileio import read_json, sha256_file, write_json
 
 MANIFEST_VERSION = 1
 
@@ -35,12 +34,7 @@ def write_manifest(path: str | Path, manifest: dict[str, Any]) -> None:
 def verify_manifest(path: str | Path) -> list[dict[str, Any]]:
     """Each manifest entry with ``status``: ``ok``, ``changed`` or ``missing``."""
     path = Path(path)
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AdvkitError(f"{path}: no such manifest") from None
-    except json.JSONDecodeError as exc:
-        raise AdvkitError(f"{path}: not a JSON manifest ({exc.msg} at line {exc.lineno})") from None
+    manifest = read_json(path, "manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
         raise AdvkitError(f"{path}: not an advkit provenance manifest (no 'files' list)")
     rows = []

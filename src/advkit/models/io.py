@@ -25,7 +25,7 @@ from torch import nn
 
 from advkit.core import ModelHandle, ModelInfo
 from advkit.errors import AdvkitError
-from advkit.fileio import atomic_path
+from advkit.fileio import atomic_path, read_json
 from advkit.models.architectures import ARCHITECTURES, build
 
 META_KEY = "advkit"
@@ -80,10 +80,7 @@ def save_model(handle: ModelHandle, path: str | Path) -> Path:
 def _sidecar(path: Path) -> dict[str, Any] | None:
     for candidate in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
         if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except json.JSONDecodeError as exc:
-                raise AdvkitError(f"{candidate}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+            return read_json(candidate, "metadata sidecar")
     return None
 
 
