@@ -43,8 +43,10 @@ Evaluate = Callable[[ModelHandle], float]
 class MitigationResult:
     """A repaired model with its clean accuracy and backdoor success before and after.
 
-    ``reversed_asr_*`` use the reverse-engineered trigger on the defender's clean data;
-    ``asr_*`` use the caller's ``evaluate`` (e.g. the real trigger on held-out rows).
+    ``clean_accuracy_*`` and ``reversed_asr_*`` are measured on the defender's clean data,
+    which unlearning and pruning's recovery also fine-tune on: after a repair they are
+    optimistic. Judge a repair by the caller's ``evaluate`` (``asr_*``, e.g. the real
+    trigger on held-out rows) and by accuracy on held-out rows, as the audit does.
     """
 
     name: str
@@ -60,10 +62,10 @@ class MitigationResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "mitigation": self.name,
-            "clean_accuracy_before": self.clean_accuracy_before,
-            "clean_accuracy_after": self.clean_accuracy_after,
-            "reversed_trigger_success_before": self.reversed_asr_before,
-            "reversed_trigger_success_after": self.reversed_asr_after,
+            "defender_data_clean_accuracy_before": self.clean_accuracy_before,
+            "defender_data_clean_accuracy_after": self.clean_accuracy_after,
+            "defender_data_reversed_trigger_success_before": self.reversed_asr_before,
+            "defender_data_reversed_trigger_success_after": self.reversed_asr_after,
             "attack_success_rate_before": self.asr_before,
             "attack_success_rate_after": self.asr_after,
             **self.details,
