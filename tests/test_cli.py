@@ -137,3 +137,16 @@ def test_poison_and_inspect_bad_input(tmp_path, capsys):
     np.savez(one_class, x=np.zeros((30, 8, 8), dtype=np.uint8), y=np.zeros(30, dtype=np.int64))
     assert_bad_input(["inspect", "neural-cleanse", "--data", str(one_class), "--split", "all"], capsys, "no clean samples")
     assert_bad_input(["inspect", "neural-cleanse", "--data", "mnist5k"], capsys, "expects [1, 8, 8]")
+
+
+def test_certify_json_keys_and_bad_settings(tmp_path, capsys):
+    out = tmp_path / "cert.json"
+    code, _, err = run(["certify", "--limit", "20", "--n", "200", "--n0", "20", "--json", str(out)], capsys)
+    assert code == 0, err
+    record = json.loads(out.read_text())
+    for key in ("sigma", "n", "n0", "alpha", "clean_accuracy", "certified_accuracy", "acr", "abstain_rate", "seconds"):
+        assert key in record
+    assert set(record["certified_accuracy"]) >= {"0", "0.25", "0.5"}
+    assert_bad_input(["certify", "--sigma", "0"], capsys, "--sigma")
+    assert_bad_input(["certify", "--alpha", "1.5"], capsys, "--alpha")
+    assert_bad_input(["certify", "--n", "100", "--n0", "101"], capsys, "--n0")

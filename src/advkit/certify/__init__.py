@@ -1,0 +1,1 @@
+"""Certified robustness: randomized smoothing (and, later, the training methods that raise it)."""
