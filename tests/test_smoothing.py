@@ -64,3 +64,18 @@ def test_bad_settings(digits_model, digits_test, kwargs, needle):
         Smoothed(digits_model, sigma=settings["sigma"]).certify_dataset(
             digits_test.x[:2], digits_test.y[:2], settings["n0"], settings["n"], settings["alpha"]
         )
+
+
+def test_gaussian_augmentation_raises_certified_accuracy(digits_model, digits_train, digits_test):
+    from advkit.certify.training import GaussianAugmentation
+    from advkit.core import ModelHandle, ModelInfo
+    from advkit.models import TrainConfig, build, fit
+
+    net = build("digits-cnn", in_channels=1, num_classes=10, image_size=8, seed=0)
+    noisy = ModelHandle(net, ModelInfo((1, 8, 8), 10, arch="digits-cnn"))
+    fit(noisy.network, digits_train.x, digits_train.y, TrainConfig(epochs=30, lr=2e-3), GaussianAugmentation(0.25))
+    x, y = digits_test.x[:120], digits_test.y[:120]
+    plain = Smoothed(digits_model, 0.25).certify_dataset(x, y, 50, 500, 0.001)
+    trained = Smoothed(noisy, 0.25).certify_dataset(x, y, 50, 500, 0.001)
+    assert trained.certified_accuracy(0.25) >= plain.certified_accuracy(0.25) + 0.05
+    assert trained.acr > plain.acr

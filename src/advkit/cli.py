@@ -207,8 +207,9 @@ def train(
     model: Annotated[str, typer.Option("--model", "-m", help="architecture (see advkit list --family arch)")] = "digits-cnn",
     data: DataOpt = "digits",
     out_path: Annotated[Path | None, typer.Option("--out", help="where to save (.safetensors or .pt)")] = None,
-    defense: Annotated[str, typer.Option("--defense", help="none|adv-pgd|adv-fast|trades")] = "none",
+    defense: Annotated[str, typer.Option("--defense", help="none|adv-pgd|adv-fast|trades|gaussian")] = "none",
     eps: Annotated[float, typer.Option("--eps", help="adversarial training budget")] = 0.2,
+    sigma: Annotated[float, typer.Option("--sigma", help="noise level (gaussian)")] = 0.25,
     norm: Annotated[str, typer.Option("--norm", help="linf|l2")] = "linf",
     epochs: Annotated[int, typer.Option("--epochs")] = 30,
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
@@ -230,8 +231,8 @@ def train(
         raise AdvkitError("--out FILE is required (.safetensors or .pt)")
     if out_path.suffix not in (".safetensors", ".pt", ".pth"):
         raise AdvkitError(f"--out {out_path}: model files end in .safetensors (preferred) or .pt")
-    if defense != "none" and defense not in DEFENSES:
-        raise AdvkitError(f"--defense must be one of none, {', '.join(DEFENSES)}; got {defense!r}")
+    if defense != "none" and defense not in DEFENSES and defense != "gaussian":
+        raise AdvkitError(f"--defense must be one of none, {', '.join(DEFENSES)}, gaussian; got {defense!r}")
     train_set = load_dataset(data, split="train", limit=limit)
     test_set = load_dataset(data, split="test")
     c, h, _ = train_set.input_shape
@@ -241,11 +242,16 @@ def train(
         num_classes=train_set.num_classes,
         classes=train_set.classes,
         arch=model,
-        extra={"trained_on": f"{data}:train", "objective": defense, "eps": eps if defense != "none" else None},
+        extra={"trained_on": f"{data}:train", "objective": defense, "eps": eps if defense not in ("none", "gaussian") else None},
     )
     handle = ModelHandle(net, info, device=_device(device))
-    objective = None
-    if defense != "none":
+    objective: Any = None
+    if defense == "gaussian":
+        from advkit.certify.training import GaussianAugmentation
+
+        objective = GaussianAugmentation(sigma=sigma)
+        info.extra["sigma"] = sigma
+    elif defense != "none":
         steps_per_epoch = -(-len(train_set) // batch_size)
         objective = DEFENSES[defense](eps=eps, norm=norm, warmup_steps=steps_per_epoch * max(1, epochs // 10))
     report = fit(handle.network, train_set.x, train_set.y, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed), objective, progress=_progress_callback(True))
