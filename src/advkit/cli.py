@@ -80,19 +80,11 @@ def _floats(text: str, option: str) -> list[float]:
 
 def _load(model: str, data: str, split: str, limit: int | None, device: str):  # noqa: ANN202
     from advkit.data import load_dataset
-    from advkit.models.io import load_model
+    from advkit.models.io import check_model_fits_data, load_model
 
     dataset = load_dataset(data, split=split, limit=limit)
     handle = load_model(model, device=_device(device), sample_shape=dataset.input_shape)
-    if tuple(dataset.input_shape) != tuple(handle.input_shape):
-        raise AdvkitError(
-            f"--data {data} has images of shape {list(dataset.input_shape)} but --model {model} expects "
-            f"{list(handle.input_shape)}"
-        )
-    if dataset.num_classes > handle.num_classes:
-        raise AdvkitError(
-            f"--data {data} has labels up to {dataset.num_classes - 1} but --model {model} has only {handle.num_classes} classes"
-        )
+    check_model_fits_data(handle, dataset.input_shape, dataset.num_classes, model, data)
     return handle, dataset
 
 

@@ -83,14 +83,11 @@ class AuditRunner:
     # -- inputs -------------------------------------------------------------------------
     def model(self) -> ModelHandle:
         if self._model is None:
-            from advkit.models.io import load_model
+            from advkit.models.io import check_model_fits_data, load_model
 
-            self._model = load_model(self.config.model, sample_shape=self.eval_data().input_shape)
-            if tuple(self._model.input_shape) != tuple(self.eval_data().input_shape):
-                raise AdvkitError(
-                    f"model {self.config.model} expects {list(self._model.input_shape)} but data {self.config.data} "
-                    f"has {list(self.eval_data().input_shape)}"
-                )
+            data = self.eval_data()
+            self._model = load_model(self.config.model, sample_shape=data.input_shape)
+            check_model_fits_data(self._model, data.input_shape, data.num_classes, self.config.model, self.config.data)
         return self._model
 
     def eval_data(self) -> Dataset:

@@ -175,6 +175,18 @@ def load_model(
     return _load_checkpoint(path, sidecar, device)
 
 
+def check_model_fits_data(handle: ModelHandle, input_shape: tuple[int, ...], num_classes: int, model: str, data: str) -> None:
+    """One-line error when the data's image shape or label range does not fit the model."""
+    if tuple(input_shape) != tuple(handle.input_shape):
+        raise AdvkitError(
+            f"--data {data} has images of shape {list(input_shape)} but --model {model} expects {list(handle.input_shape)}"
+        )
+    if num_classes > handle.num_classes:
+        raise AdvkitError(
+            f"--data {data} has labels up to {num_classes - 1} but --model {model} has only {handle.num_classes} classes"
+        )
+
+
 def _load_checkpoint(path: Path, sidecar: dict[str, Any] | None, device: str | None) -> ModelHandle:
     where = str(path)
     try:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advkit.attacks.poisoning.backdoor import backdoor_success_rate
 from advkit.core import DetectionReport, ModelHandle
 from advkit.defenses.backdoor.neural_cleanse import ReversedTrigger
 from advkit.errors import AdvkitError
@@ -150,10 +151,7 @@ def _accuracy(model: ModelHandle, x: Tensor, y: Tensor) -> float:
 
 
 def _trigger_success(model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor) -> float:
-    stamped = _stamped_rows(trigger, x, y)
-    if stamped.shape[0] == 0:
-        return 0.0
-    return float((model.predict(stamped).cpu() == trigger.target).float().mean())
+    return backdoor_success_rate(model, x, y, trigger, trigger.target)  # type: ignore[arg-type]
 
 
 def rank_neurons(model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor, layer: str = "linear") -> Tensor:

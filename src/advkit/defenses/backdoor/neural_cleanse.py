@@ -52,7 +52,8 @@ class ReversedTrigger:
     l1: float
     success: float
 
-    def apply(self, x: Tensor) -> Tensor:
+    def apply(self, x: Tensor, bounds: tuple[float, float] | None = None) -> Tensor:
+        """Stamp the trigger (``bounds`` is accepted for the trigger interface; the pattern is already in them)."""
         return stamp(x, self.mask.to(x), self.pattern.to(x))
 
 
