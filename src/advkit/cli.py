@@ -199,9 +199,9 @@ def train(
     model: Annotated[str, typer.Option("--model", "-m", help="architecture (see advkit list --family arch)")] = "digits-cnn",
     data: DataOpt = "digits",
     out_path: Annotated[Path | None, typer.Option("--out", help="where to save (.safetensors or .pt)")] = None,
-    defense: Annotated[str, typer.Option("--defense", help="none|adv-pgd|adv-fast|trades|gaussian")] = "none",
+    defense: Annotated[str, typer.Option("--defense", help="none|adv-pgd|adv-fast|trades|gaussian|smoothadv|macer")] = "none",
     eps: Annotated[float, typer.Option("--eps", help="adversarial training budget")] = 0.2,
-    sigma: Annotated[float, typer.Option("--sigma", help="noise level (gaussian)")] = 0.25,
+    sigma: Annotated[float, typer.Option("--sigma", help="smoothing noise level (gaussian, smoothadv, macer)")] = 0.25,
     norm: Annotated[str, typer.Option("--norm", help="linf|l2")] = "linf",
     epochs: Annotated[int, typer.Option("--epochs")] = 30,
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
@@ -216,6 +216,7 @@ def train(
     from advkit.attacks.evasion import PGD
     from advkit.core import ModelHandle, ModelInfo, Threat
     from advkit.data import load_dataset
+    from advkit.certify.training import CERTIFIED_TRAINING
     from advkit.defenses.adversarial_training import DEFENSES
     from advkit.models import TrainConfig, build, fit, save_model
 
@@ -223,8 +224,8 @@ def train(
         raise AdvkitError("--out FILE is required (.safetensors or .pt)")
     if out_path.suffix not in (".safetensors", ".pt", ".pth"):
         raise AdvkitError(f"--out {out_path}: model files end in .safetensors (preferred) or .pt")
-    if defense != "none" and defense not in DEFENSES and defense != "gaussian":
-        raise AdvkitError(f"--defense must be one of none, {', '.join(DEFENSES)}, gaussian; got {defense!r}")
+    if defense != "none" and defense not in DEFENSES and defense not in CERTIFIED_TRAINING:
+        raise AdvkitError(f"--defense must be one of none, {', '.join([*DEFENSES, *CERTIFIED_TRAINING])}; got {defense!r}")
     train_set = load_dataset(data, split="train", limit=limit)
     test_set = load_dataset(data, split="test")
     c, h, _ = train_set.input_shape
@@ -234,18 +235,19 @@ def train(
         num_classes=train_set.num_classes,
         classes=train_set.classes,
         arch=model,
-        extra={"trained_on": f"{data}:train", "objective": defense, "eps": eps if defense not in ("none", "gaussian") else None},
+        extra={"trained_on": f"{data}:train", "objective": defense, "eps": eps if defense in DEFENSES else None},
     )
     handle = ModelHandle(net, info, device=_device(device))
     objective: Any = None
-    if defense == "gaussian":
-        from advkit.certify.training import GaussianAugmentation
-
-        objective = GaussianAugmentation(sigma=sigma)
+    steps_per_epoch = -(-len(train_set) // batch_size)
+    warmup_steps = steps_per_epoch * max(1, epochs // 10)
+    if defense in CERTIFIED_TRAINING:
+        objective = CERTIFIED_TRAINING[defense](sigma=sigma)
+        if defense == "smoothadv":
+            objective.warmup_steps = warmup_steps  # Salman et al. ramp eps over the first epochs
         info.extra["sigma"] = sigma
     elif defense != "none":
-        steps_per_epoch = -(-len(train_set) // batch_size)
-        objective = DEFENSES[defense](eps=eps, norm=norm, warmup_steps=steps_per_epoch * max(1, epochs // 10))
+        objective = DEFENSES[defense](eps=eps, norm=norm, warmup_steps=warmup_steps)
     report = fit(handle.network, train_set.x, train_set.y, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed), objective, progress=_progress_callback(True))
     save_model(handle, out_path)
     check_eps = eval_eps if eval_eps is not None else eps

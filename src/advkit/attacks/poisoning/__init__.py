@@ -9,5 +9,6 @@ from advkit.attacks.poisoning.backdoor import (
     backdoor_success_rate,
     stamp,
 )
+from advkit.attacks.poisoning.pacd import PACD, soft_radius
 
-__all__ = ["BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "PatchTrigger", "backdoor_success_rate", "stamp"]
+__all__ = ["BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "PACD", "PatchTrigger", "backdoor_success_rate", "soft_radius", "stamp"]
