@@ -33,6 +33,12 @@ poisoning:
 backdoor_defense:
   epochs: 5
   mitigations: [nc-unlearn]
+certification:
+  n0: 20
+  n: 200
+  limit: 40
+  training: gaussian
+  epochs: 3
 """
 VOLATILE = ("timings", "cached_steps", "environment")
 
@@ -74,7 +80,14 @@ def test_audit_writes_report_json_html_and_provenance(finished_run):
     assert report["findings"][0]["severity"] in ("critical", "high")
     assert any(a["id"] == "AML.T0043.000" for r in report["evasion"] for a in r["atlas"])
     assert set(report["timings"]) >= {"provenance", "train/adv-fast", "poison/0-badnets"}
+    certified = {c["model"]: c for c in report["certification"]}
+    assert set(certified) == {"model", "train/certified-gaussian"}
+    for record in certified.values():
+        assert record["rows"] == 40 and set(record["certified_accuracy"]) >= {"0", "0.25", "0.5"}
+        assert record["certified_accuracy"]["0"] <= 1 - record["abstain_rate"] + 1e-6
+    assert any("certified radius" in f["title"] for f in report["findings"])
     html = (finished_run / "report.html").read_text()
+    assert "Certified robustness" in html
     assert html.count("<table") >= 4 and html.count("data:image/png;base64,") >= 4
     assert "Executive summary" in html and "AML.M0003" in html
     manifest = json.loads((finished_run / "provenance.json").read_text())
@@ -104,7 +117,7 @@ def test_resume_after_sigkill_skips_finished_steps(finished_run, config_file, tm
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in steps.glob("*.json")}
-    assert 6 <= len(done) < 15, "kill the run in the middle"
+    assert 6 <= len(done) < 17, "kill the run in the middle"
     assert not (run_dir / "report.json").exists()
     assert cli(["audit", config_file, "--out", run_dir]) == 2  # refuses to mix runs without --resume
     assert cli(["audit", config_file, "--out", run_dir, "--resume"]) == 0
@@ -174,6 +187,7 @@ def test_print_config_round_trips(tmp_path, capsys):
         ("evasion:\n  attacks: [pgd, warp]\n", "unknown evasion 'warp'"),
         ("model: /no/such/model.safetensors\n", "no such file"),
         ("evasion: [1, 2\n", "not valid YAML"),
+        ("certification:\n  n0: 500\n  n: 100\n", "n0 (500) must not exceed n (100)"),
     ],
 )
 def test_bad_configs_fail_cleanly(tmp_path, capsys, text, needle):
@@ -214,7 +228,7 @@ def test_resume_recomputes_when_the_model_file_changes(tmp_path, digits_model):
     config = tmp_path / "evasion-only.yaml"
     config.write_text(
         f"model: {model_path}\nlimit: 60\nevasion: {{attacks: [fgsm], eps: [0.1]}}\n"
-        "adversarial_training: null\npoisoning: []\nbackdoor_defense: null\n"
+        "adversarial_training: null\npoisoning: []\nbackdoor_defense: null\ncertification: null\n"
     )
     run_dir = tmp_path / "run"
     assert cli(["audit", config, "--out", run_dir]) == 0

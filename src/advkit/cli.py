@@ -313,7 +313,7 @@ def certify(
 
 @app.command()
 def poison(
-    name: Annotated[str, typer.Argument(help="badnets|blend")],
+    name: Annotated[str, typer.Argument(help="badnets|blend|pacd")],
     data: DataOpt = "digits",
     out_dir: Annotated[Path | None, typer.Option("--out", help="directory for poisoned.npz and manifest.json")] = None,
     target: Annotated[int, typer.Option("--target", help="backdoor target class")] = 0,
@@ -324,11 +324,16 @@ def poison(
     pattern: Annotated[str, typer.Option("--pattern", help="checkerboard|solid|random (badnets)")] = "checkerboard",
     values: Annotated[str | None, typer.Option("--values", help="per-channel value of the patch, comma separated")] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="blend weight (blend)")] = 0.1,
+    eps: Annotated[float, typer.Option("--eps", help="Linf budget of each poison (pacd)")] = 0.2,
+    method: Annotated[str, typer.Option("--method", help="victim's certified training: gaussian|smoothadv|macer (pacd)")] = "gaussian",
+    sigma: Annotated[float, typer.Option("--sigma", help="victim's smoothing noise (pacd)")] = 0.25,
+    arch: Annotated[str | None, typer.Option("--arch", help="victim's architecture (pacd; default: the data's zoo model)")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="outer ApproxGrad steps (pacd)")] = 150,
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
-    """Poison a dataset's train split with a backdoor; write it with a manifest of changed rows."""
-    from advkit.attacks.poisoning import BadNets, Blend, BlendTrigger, PatchTrigger
+    """Poison a dataset's train split (backdoor or PACD); write it with a manifest of changed rows."""
+    from advkit.attacks.poisoning import PACD, BadNets, Blend, BlendTrigger, PatchTrigger
     from advkit.data import load_dataset
     from advkit.registry import lookup
 
@@ -339,6 +344,9 @@ def poison(
     test_set = load_dataset(data, split="test")
     if not 0 <= target < train_set.num_classes:
         raise AdvkitError(f"--target {target} is outside the data's classes 0..{train_set.num_classes - 1}")
+    if name == "pacd":
+        _poison_pacd(out_dir, data, train_set, test_set, PACD(target=target, eps=eps, method=method, sigma=sigma, outer_steps=steps), arch, seed)
+        return
     if name == "badnets":
         where: Any = position
         if "," in position:
@@ -349,6 +357,50 @@ def poison(
         attack_obj = Blend(BlendTrigger(alpha=alpha, seed=seed), target=target, rate=rate, mode=mode)
     poisoned = attack_obj(train_set.x, train_set.y, num_classes=train_set.num_classes, generator=torch.Generator().manual_seed(seed))
     _write_poisoned(out_dir, data, train_set, test_set, poisoned, attack_obj)
+
+
+def _poison_pacd(out_dir: Path, data: str, train_set: Any, test_set: Any, attack_obj: Any, arch: str | None, seed: int) -> None:
+    """PACD poisons: the attacker's validation rows are the target class in the first half of the test split."""
+    import numpy as np
+
+    from advkit.fileio import atomic_path, sha256_file, write_json
+    from advkit.models import build
+
+    c, h, _ = train_set.input_shape
+    arch = arch or ("digits-cnn" if h == 8 else "mnist-cnn" if h == 28 else "resnet8")
+    surrogate = build(arch, in_channels=c, num_classes=train_set.num_classes, image_size=h, seed=seed + 1000)
+    half = len(test_set) // 2
+    poisoned = attack_obj(
+        surrogate, train_set.x, train_set.y, test_set.x[:half], test_set.y[:half],
+        generator=torch.Generator().manual_seed(seed), progress=_progress_callback(True),
+    )
+    npz = out_dir / "poisoned.npz"
+    with atomic_path(npz) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                x_train=poisoned.x.numpy(),
+                y_train=poisoned.y.numpy(),
+                x_test=test_set.x.numpy(),
+                y_test=test_set.y.numpy(),
+                classes=np.array(train_set.classes),
+            )
+    manifest = {
+        "attack": "pacd",
+        "params": {**poisoned.params, "target": attack_obj.target, "arch": arch},
+        "source": data,
+        "rows": len(poisoned.y),
+        "poisoned_rows": poisoned.rows,
+        "original_labels": [int(v) for v in poisoned.original_y[poisoned.poisoned].tolist()],
+        "rate": poisoned.rate,
+        "attacker_validation": f"{data}:test rows 0..{half - 1} of class {attack_obj.target}",
+        "files": {"poisoned.npz": sha256_file(npz)},
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    out.print(
+        f"PACD perturbed {len(poisoned.rows)} of {len(poisoned.y)} rows of {data}:train (class {attack_obj.target}, "
+        f"labels kept, max |delta| {poisoned.params['max_perturbation']:.3f}); wrote {npz} and {out_dir / 'manifest.json'}"
+    )
 
 
 def _write_poisoned(out_dir: Path, data: str, train_set: Any, test_set: Any, poisoned: Any, attack_obj: Any) -> None:

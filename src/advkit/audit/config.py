@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from advkit.errors import AdvkitError
 
@@ -87,6 +94,24 @@ class BackdoorDefenseConfig(_Strict):
     mitigations: list[Literal["nc-unlearn", "nc-prune"]] = Field(default_factory=lambda: ["nc-unlearn", "nc-prune"])
 
 
+class CertificationConfig(_Strict):
+    """Randomized smoothing (Cohen 2019) of the audited model, and a certified-training mitigation."""
+
+    sigma: float = Field(0.25, gt=0)
+    n0: int = Field(100, ge=1)
+    n: int = Field(1000, ge=1)
+    alpha: float = Field(0.001, gt=0, lt=1)
+    limit: int | None = Field(100, ge=1, description="certify only the first N rows")
+    training: Literal["gaussian", "smoothadv", "macer"] | None = "gaussian"
+    epochs: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _n0_within_n(self) -> CertificationConfig:
+        if self.n0 > self.n:
+            raise ValueError(f"n0 ({self.n0}) must not exceed n ({self.n})")
+        return self
+
+
 class AuditConfig(_Strict):
     """Everything one audit does; every field has a default."""
 
@@ -100,6 +125,7 @@ class AuditConfig(_Strict):
     adversarial_training: AdversarialTrainingConfig | None = Field(default_factory=AdversarialTrainingConfig)
     poisoning: list[PoisoningConfig] = Field(default_factory=lambda: [PoisoningConfig()])
     backdoor_defense: BackdoorDefenseConfig | None = Field(default_factory=BackdoorDefenseConfig)
+    certification: CertificationConfig | None = Field(default_factory=CertificationConfig)
 
 
 def default_yaml() -> str:

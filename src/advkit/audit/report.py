@@ -51,6 +51,12 @@ def build_report(runner: AuditRunner, plan: list[Step]) -> dict[str, Any]:
                 {**results[s.id], "atlas": ids_for(s.inputs["mitigation"])} for s in plan if s.kind == "backdoor-mitigation" and s.inputs["poison"] == step.id
             ]
             scenarios.append(scenario)
+    certification = []
+    for step in plan:
+        if step.kind == "certification":
+            target = step.inputs["target"]
+            label = models[0]["label"] if target == "model" else f"{results[target]['defense']} sigma={results[target]['sigma']:g} (certified training)"
+            certification.append({"step": step.id, "label": label, **results[step.id], "atlas": ids_for("randomized-smoothing" if target == "model" else results[target]["defense"])})
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -65,6 +71,7 @@ def build_report(runner: AuditRunner, plan: list[Step]) -> dict[str, Any]:
             "scenarios": scenarios,
             "atlas": ids_for("neural-cleanse"),
         },
+        "certification": certification,
         "timings": {step.id: runner.timings[step.id] for step in plan},
         "cached_steps": list(runner.cached),
     }
@@ -210,7 +217,37 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "detail": f"held-out clean accuracy {mitigation['held_out_clean_accuracy_before']:.1%} -> {mitigation['held_out_clean_accuracy_after']:.1%}",
                 "atlas": mitigation["atlas"],
             })
+    out += _certification_findings(report.get("certification", []))
     return sorted(out, key=lambda f: SEVERITIES.index(f["severity"]))
+
+
+def _certification_findings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How far the audited model's predictions are provably stable, and what certified training adds."""
+    out: list[dict[str, Any]] = []
+    audited = next((r for r in records if r["model"] == "model"), None)
+    if audited is None:
+        return out
+    at = audited["certified_accuracy"]
+    severity = "medium" if at["0.25"] < 0.5 * audited["clean_accuracy"] else "low"
+    out.append({
+        "severity": severity,
+        "title": (
+            f"Randomized smoothing (sigma={audited['sigma']:g}) certifies {at['0.25']:.1%} of rows at L2 radius 0.25 "
+            f"and {at['0.5']:.1%} at 0.5 (average certified radius {audited['acr']:.3f})"
+        ),
+        "detail": f"base accuracy {audited['clean_accuracy']:.1%}; smoothed classifier abstains on {audited['abstain_rate']:.1%}; n={audited['n']} caps the radius at {audited['max_radius']:.2f}",
+        "atlas": audited["atlas"],
+    })
+    for record in records:
+        if record["model"] == "model":
+            continue
+        out.append({
+            "severity": "info",
+            "title": f"Mitigation {record['label']}: average certified radius {audited['acr']:.3f} -> {record['acr']:.3f}",
+            "detail": f"certified accuracy at 0.25: {at['0.25']:.1%} -> {record['certified_accuracy']['0.25']:.1%}; base accuracy {record['clean_accuracy']:.1%}",
+            "atlas": record["atlas"],
+        })
+    return out
 
 
 # -- views ------------------------------------------------------------------------------
@@ -277,6 +314,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         for s in scenarios:
             flagged = s["inspection"]["flagged"] if s.get("inspection") else "-"
             lines.append(f"| {s['id']} | {s['attack_success_rate']:.1%} | {s['clean_accuracy']:.1%} | {flagged} |")
+    if report.get("certification"):
+        lines += ["", "## Certified robustness (randomized smoothing)", "", "| model | sigma | r=0 | r=0.25 | r=0.5 | r=0.75 | ACR | abstain |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for c in report["certification"]:
+            ca = c["certified_accuracy"]
+            lines.append(f"| {c['label']} | {c['sigma']:g} | {ca['0']:.1%} | {ca['0.25']:.1%} | {ca['0.5']:.1%} | {ca['0.75']:.1%} | {c['acr']:.3f} | {c['abstain_rate']:.1%} |")
     return "\n".join(lines) + "\n"
 
 

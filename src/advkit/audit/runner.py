@@ -191,6 +191,13 @@ class AuditRunner:
                             [f"poison/{name}", f"inspect/{name}"],
                         )
                     )
+        if cfg.certification is not None:
+            certification = cfg.certification
+            plan.append(Step("certify/model", "certification", {"target": "model", **certification.model_dump()}, S.certification, ["provenance"]))
+            if certification.training is not None:
+                trained = f"train/certified-{certification.training}"
+                plan.append(Step(trained, "certified-training", certification.model_dump(), S.certified_training, ["provenance"]))
+                plan.append(Step(f"certify/certified-{certification.training}", "certification", {"target": trained, **certification.model_dump()}, S.certification, [trained]))
         return plan
 
     def _hash(self, step: Step, base: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """Training-time attacks: backdoors and data poisoning; each returns a PoisonedData."""
 
 from advkit.attacks.poisoning.backdoor import (
-    BadNets,
     BackdoorPoisoning,
+    BadNets,
     Blend,
     BlendTrigger,
     PatchTrigger,
@@ -11,4 +11,4 @@ from advkit.attacks.poisoning.backdoor import (
 )
 from advkit.attacks.poisoning.pacd import PACD, soft_radius
 
-__all__ = ["BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "PACD", "PatchTrigger", "backdoor_success_rate", "soft_radius", "stamp"]
+__all__ = ["PACD", "BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "PatchTrigger", "backdoor_success_rate", "soft_radius", "stamp"]
