@@ -150,3 +150,13 @@ def test_certify_json_keys_and_bad_settings(tmp_path, capsys):
     assert_bad_input(["certify", "--sigma", "0"], capsys, "--sigma")
     assert_bad_input(["certify", "--alpha", "1.5"], capsys, "--alpha")
     assert_bad_input(["certify", "--n", "100", "--n0", "101"], capsys, "--n0")
+
+
+def test_certified_training_and_pacd_options_fail_cleanly(tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert_bad_input(["train", "--defense", "macer", "--sigma", "0", "--out", str(out)], capsys, "--sigma")
+    assert_bad_input(["train", "--defense", "smoothing", "--out", str(out)], capsys, "smoothadv")
+    assert_bad_input(["poison", "pacd", "--eps", "0", "--out", str(tmp_path / "p")], capsys, "eps")
+    assert_bad_input(["poison", "pacd", "--method", "none", "--out", str(tmp_path / "p")], capsys, "method")
+    assert_bad_input(["poison", "pacd", "--target", "12", "--out", str(tmp_path / "p")], capsys, "--target 12")
+    assert not out.exists() and not (tmp_path / "p").exists()

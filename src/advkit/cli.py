@@ -112,6 +112,8 @@ def attack(
     restarts: Annotated[int | None, typer.Option("--restarts", help="restarts (pgd)")] = None,
     step_size: Annotated[float | None, typer.Option("--step-size", help="absolute step size")] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="auto|ce|margin (pgd)")] = None,
+    max_queries: Annotated[int | None, typer.Option("--max-queries", help="query budget per image (black-box attacks)")] = None,
+    knowledge: Annotated[str | None, typer.Option("--knowledge", help="what the attacker sees: white|score|label (default: what the attack needs)")] = None,
     split: SplitOpt = "test",
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
@@ -129,7 +131,9 @@ def attack(
     entries = [lookup(name, "evasion") for name in names]
     budgets = _floats(eps, "--eps")
     handle, dataset = _load(model, data, split, limit, device)
-    settings = {k: v for k, v in {"steps": steps, "restarts": restarts, "step_size": step_size, "loss": loss}.items() if v is not None}
+    settings = {
+        k: v for k, v in {"steps": steps, "restarts": restarts, "step_size": step_size, "loss": loss, "max_queries": max_queries}.items() if v is not None
+    }
     progress = _progress_callback(True)
     results: list[dict[str, Any]] = []
     targets = None
@@ -141,7 +145,7 @@ def attack(
     for entry in entries:
         eps_zero = None
         for budget in budgets:
-            threat = Threat(norm=norm, eps=budget, goal=goal)
+            threat = Threat(norm=norm, eps=budget, goal=goal, knowledge=knowledge or entry.knowledge)
             attack_obj: EvasionAttack = build_evasion(entry.name, threat, settings, batch_size=batch_size)
             rows = slice(None)
             if targets is not None:
@@ -175,10 +179,13 @@ def attack(
 
 def _print_attack_table(results: list[dict[str, Any]]) -> None:
     table = Table(title="advkit attack")
-    for column in ("attack", "norm", "eps", "goal", "n", "clean acc", "adv acc", "success rate", "seconds", "reliable"):
+    counted = any(r.get("queries") for r in results)
+    columns = ("attack", "norm", "eps", "goal", "n", "clean acc", "adv acc", "success rate", *(("median queries",) if counted else ()), "seconds", "reliable")
+    for column in columns:
         table.add_column(column, justify="right" if column not in ("attack", "norm", "goal") else "left")
     for r in results:
         sanity = r.get("sanity")
+        queries = (f"{r['queries']['median']:.0f}" if r.get("queries") else "-",) if counted else ()
         table.add_row(
             r["attack"],
             r["threat"]["norm"],
@@ -188,6 +195,7 @@ def _print_attack_table(results: list[dict[str, Any]]) -> None:
             f"{r['clean_accuracy']:.1%}",
             f"{r['adversarial_accuracy']:.1%}",
             f"{r['attack_success_rate']:.1%}",
+            *queries,
             f"{r['seconds']:.2f}",
             "-" if sanity is None else ("yes" if sanity["reliable"] else "NO"),
         )

@@ -2,6 +2,10 @@
 
 from advkit.attacks.evasion.base import EvasionAttack, project
 from advkit.attacks.evasion.fgsm import FGSM
+from advkit.attacks.evasion.hopskipjump import HopSkipJump
+from advkit.attacks.evasion.nes import NES
+from advkit.attacks.evasion.one_pixel import OnePixel
 from advkit.attacks.evasion.pgd import BIM, ILLC, PGD
+from advkit.attacks.evasion.square import SquareAttack
 
-__all__ = ["BIM", "FGSM", "ILLC", "PGD", "EvasionAttack", "project"]
+__all__ = ["BIM", "FGSM", "HopSkipJump", "ILLC", "NES", "OnePixel", "PGD", "EvasionAttack", "SquareAttack", "project"]
