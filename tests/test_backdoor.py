@@ -9,10 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from advkit.attacks.poisoning import BadNets, Blend, BlendTrigger, PatchTrigger, backdoor_success_rate
+from advkit.attacks.poisoning import (
+    BadNets,
+    Blend,
+    BlendTrigger,
+    PatchTrigger,
+    backdoor_success_rate,
+)
 from advkit.core import ModelHandle, ModelInfo
 from advkit.data import load_dataset
-from advkit.defenses.backdoor.mitigation import NeuronPruning, TriggerInputFilter, Unlearning
+from advkit.defenses.backdoor.mitigation import (
+    NeuronPruning,
+    TriggerInputFilter,
+    Unlearning,
+)
 from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse, anomaly_indices
 from advkit.errors import AdvkitError
 from advkit.models import TrainConfig, build, fit

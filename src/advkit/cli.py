@@ -7,6 +7,7 @@ library itself prints nothing and reports progress through callbacks rendered he
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -222,9 +223,9 @@ def train(
 ) -> None:
     """Train a model (optionally adversarially) on a dataset's train split and save it."""
     from advkit.attacks.evasion import PGD
+    from advkit.certify.training import CERTIFIED_TRAINING
     from advkit.core import ModelHandle, ModelInfo, Threat
     from advkit.data import load_dataset
-    from advkit.certify.training import CERTIFIED_TRAINING
     from advkit.defenses.adversarial_training import DEFENSES
     from advkit.models import TrainConfig, build, fit, save_model
 
@@ -341,7 +342,13 @@ def poison(
     seed: SeedOpt = 0,
 ) -> None:
     """Poison a dataset's train split (backdoor or PACD); write it with a manifest of changed rows."""
-    from advkit.attacks.poisoning import PACD, BadNets, Blend, BlendTrigger, PatchTrigger
+    from advkit.attacks.poisoning import (
+        PACD,
+        BadNets,
+        Blend,
+        BlendTrigger,
+        PatchTrigger,
+    )
     from advkit.data import load_dataset
     from advkit.registry import lookup
 
@@ -555,6 +562,82 @@ def _print_audit_summary(report: dict[str, Any]) -> None:
     out.print("findings:")
     for f in report["findings"]:
         out.print(f"  [{f['severity'].upper()}] {f['title']}", markup=False, highlight=False)
+
+
+@app.command()
+def steal(
+    name: Annotated[str, typer.Argument(help="papernot|knockoff")],
+    model: ModelOpt = "zoo:digits-cnn",
+    data: DataOpt = "digits",
+    arch: Annotated[str | None, typer.Option("--arch", help="substitute architecture (default: the victim's, else the data's zoo model)")] = None,
+    seed_size: Annotated[int, typer.Option("--seed-size", help="attacker's seed images (papernot)")] = 150,
+    rounds: Annotated[int, typer.Option("--rounds", help="substitute epochs rho, i.e. augmentation rounds + 1 (papernot)")] = 6,
+    epochs: Annotated[int, typer.Option("--epochs", help="training epochs per round (papernot) or in all (knockoff)")] = 10,
+    reservoir: Annotated[int | None, typer.Option("--reservoir", help="new points per round after round 3 (papernot)")] = None,
+    transfer_data: Annotated[str | None, typer.Option("--transfer-data", help="natural images of another distribution (knockoff; default: the other builtin set, resized)")] = None,
+    max_queries: Annotated[int | None, typer.Option("--max-queries", help="query budget for the whole theft")] = None,
+    eps: Annotated[float, typer.Option("--eps", help="Linf budget of the transferred attack")] = 0.3,
+    transfer_attack: Annotated[str, typer.Option("--transfer-attack", help="white-box attack crafted on the substitute (fgsm, pgd, ...)")] = "fgsm",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    json_path: JsonOpt = None,
+) -> None:
+    """Steal a model from its answers, then attack the victim with examples crafted on the copy."""
+    import torch.nn.functional as F
+
+    from advkit.attacks.extraction import (
+        Knockoff,
+        PapernotSubstitute,
+        agreement,
+        transfer_success,
+    )
+    from advkit.core import Threat
+    from advkit.data import load_dataset
+    from advkit.registry import build_evasion, lookup
+
+    lookup(name, "extraction")
+    victim, test_set = _load(model, data, "test", None, device)
+    c, h, _ = victim.input_shape
+    arch = arch or victim.info.arch or ("digits-cnn" if h == 8 else "mnist-cnn" if h == 28 else "resnet8")
+    half = len(test_set) // 2
+    attacker_x, held_x, held_y = test_set.x[:half], test_set.x[half:], test_set.y[half:]
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    if name == "papernot":
+        if not 1 <= seed_size <= half:
+            raise AdvkitError(f"--seed-size must be in 1..{half} (the attacker's half of the test split)")
+        stolen = PapernotSubstitute(arch=arch, rounds=rounds, epochs=epochs, reservoir=reservoir, max_queries=max_queries)(
+            victim, attacker_x[:seed_size], generator=generator
+        )
+    else:
+        other = transfer_data or ("mnist5k" if data == "digits" else "digits")
+        transfer = load_dataset(other, split="train").x
+        if transfer.shape[1] != c:
+            transfer = transfer.mean(1, keepdim=True).expand(-1, c, -1, -1) if transfer.shape[1] > 1 else transfer.expand(-1, c, -1, -1)
+        if tuple(transfer.shape[2:]) != tuple(victim.input_shape[1:]):
+            transfer = F.interpolate(transfer, size=tuple(victim.input_shape[1:]), mode="bilinear", align_corners=False)
+        stolen = Knockoff(arch=arch, epochs=epochs, max_queries=max_queries)(victim, transfer.contiguous(), generator=generator)
+    attack_obj = build_evasion(transfer_attack, Threat(eps=eps), {})
+    moved = transfer_success(stolen.substitute, victim, attack_obj, held_x, held_y, generator=generator)
+    summary = {
+        "method": name,
+        "model": model,
+        "data": data,
+        "substitute_arch": arch,
+        "agreement": agreement(stolen.substitute, victim, held_x),
+        "queries": stolen.queries,
+        "transfer_attack": {"attack": transfer_attack, "eps": eps, "norm": "linf"},
+        **moved,
+        "held_out_rows": int(held_y.shape[0]),
+        "history": stolen.history,
+        "seconds": time.perf_counter() - start,
+    }
+    out.print(
+        f"{name}: substitute agrees with the victim on {summary['agreement']:.1%} of {summary['held_out_rows']} held-out rows "
+        f"after {stolen.queries} queries; {transfer_attack} eps={eps:g} crafted on it fools the victim on "
+        f"{summary['transfer_success_rate']:.1%}"
+    )
+    _write_json(json_path, summary)
 
 
 @app.command()

@@ -74,6 +74,7 @@ def entries() -> list[Entry]:
 def _load_all() -> None:
     # Importing the modules runs their @register decorators.
     import advkit.attacks.evasion  # noqa: F401
+    import advkit.attacks.extraction  # noqa: F401
     import advkit.attacks.poisoning  # noqa: F401
     import advkit.certify.training  # noqa: F401
     import advkit.defenses.adversarial_training  # noqa: F401

@@ -22,7 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit.attacks.evasion.steps import ascent_direction, pgd, project_delta, random_start
+from advkit.attacks.evasion.steps import (
+    ascent_direction,
+    pgd,
+    project_delta,
+    random_start,
+)
 from advkit.errors import AdvkitError
 from advkit.registry import register
 

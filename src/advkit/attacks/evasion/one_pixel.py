@@ -97,9 +97,9 @@ class OnePixel(EvasionAttack):
             if active.numel() == 0:
                 break
             parents = population[active]
-            m = active.numel()
-            picks = torch.stack([torch.randperm(pop, generator=generator)[:3] for _ in range(pop)])  # [pop, 3]
-            picks = picks.to(x.device)
+            # three distinct members other than the parent itself, per population slot
+            picks = torch.rand((pop, pop - 1), generator=generator).argsort(1)[:, :3]
+            picks = (picks + (picks >= torch.arange(pop).unsqueeze(1)).long()).to(x.device)
             a, b, cc = parents[:, picks[:, 0]], parents[:, picks[:, 1]], parents[:, picks[:, 2]]
             children = torch.minimum(torch.maximum(a + self.mutation * (b - cc), offset), offset + scale)
             child_fit, child_success, child_images = self._score(

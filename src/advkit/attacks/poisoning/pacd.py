@@ -86,7 +86,7 @@ class PACD:
     """
 
     target: int
-    eps: float = 0.1
+    eps: float = 0.2
     method: str = "gaussian"
     sigma: float = 0.25
     outer_steps: int = 150
