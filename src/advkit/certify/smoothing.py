@@ -104,11 +104,12 @@ class Smoothed:
         counts = torch.zeros(self.model.num_classes, dtype=torch.long)
         remaining = num
         with torch.inference_mode(), self.model.eval_mode():
+            # one noise buffer per call, refilled in place: memory stays at one batch
+            buffer = torch.empty((min(self.batch_size, num), *x.shape))
             while remaining > 0:
                 size = min(self.batch_size, remaining)
-                noise = torch.randn((size, *x.shape), generator=generator) * self.sigma
-                batch = self.model.to_device(x.unsqueeze(0) + noise)
-                predictions = self.model.network(batch).argmax(1).cpu()
+                noisy = buffer[:size].normal_(generator=generator).mul_(self.sigma).add_(x.to(buffer.device))
+                predictions = self.model.network(self.model.to_device(noisy)).argmax(1).cpu()
                 counts += torch.bincount(predictions, minlength=self.model.num_classes)
                 remaining -= size
         return counts
