@@ -52,6 +52,7 @@ class HopSkipJump(EvasionAttack):
         max_evals: int = 10_000,
         gamma: float = 1.0,
         init_tries: int = 50,
+        query_chunk: int = 500,
         batch_size: int = 100,
     ) -> None:
         super().__init__(threat, batch_size=batch_size)
@@ -60,6 +61,7 @@ class HopSkipJump(EvasionAttack):
         if init_evals < 1 or max_evals < init_evals or not gamma > 0 or init_tries < 1:
             raise AdvkitError("hopskipjump needs init_evals >= 1, max_evals >= init_evals, gamma > 0, init_tries >= 1")
         self.max_queries, self.init_evals, self.max_evals, self.gamma, self.init_tries = max_queries, init_evals, max_evals, gamma, init_tries
+        self.query_chunk = max(1, query_chunk)
 
     def params(self) -> dict[str, Any]:
         return {"max_queries": self.max_queries, "init_evals": self.init_evals, "gamma": self.gamma}
@@ -83,7 +85,8 @@ class HopSkipJump(EvasionAttack):
         queries = torch.zeros(n, dtype=torch.long)
 
         def adversarial(points: Tensor, rows: Tensor) -> Tensor:
-            labels = model.labels(points)
+            # chunked: one call on tens of thousands of probes is memory-bound and slower per row
+            labels = torch.cat([model.labels(points[i : i + self.query_chunk]) for i in range(0, points.shape[0], self.query_chunk)])
             queries.index_add_(0, rows.cpu(), torch.ones(rows.numel(), dtype=torch.long))
             return labels == target[rows] if target is not None else labels != y[rows]
 
