@@ -160,3 +160,20 @@ def test_certified_training_and_pacd_options_fail_cleanly(tmp_path, capsys):
     assert_bad_input(["poison", "pacd", "--method", "none", "--out", str(tmp_path / "p")], capsys, "method")
     assert_bad_input(["poison", "pacd", "--target", "12", "--out", str(tmp_path / "p")], capsys, "--target 12")
     assert not out.exists() and not (tmp_path / "p").exists()
+
+
+def test_poison_pacd_writes_a_clean_label_set(tmp_path, capsys):
+    import numpy as np
+
+    out_dir = tmp_path / "pacd"
+    code, _, err = run(["poison", "pacd", "--steps", "3", "--eps", "0.1", "--target", "2", "--out", str(out_dir)], capsys)
+    assert code == 0, err
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    with np.load(out_dir / "poisoned.npz", allow_pickle=False) as arrays:
+        from advkit.data import load_dataset
+
+        clean = load_dataset("digits", split="train")
+        assert np.array_equal(arrays["y_train"], clean.y.numpy())  # labels kept
+        delta = np.abs(arrays["x_train"] - clean.x.numpy()).reshape(len(clean.y), -1).max(1)
+    assert manifest["attack"] == "pacd" and manifest["poisoned_rows"] == np.flatnonzero(clean.y.numpy() == 2).tolist()
+    assert delta.max() <= 0.1 + 1e-6 and delta[clean.y.numpy() != 2].max() == 0

@@ -376,9 +376,6 @@ def poison(
 
 def _poison_pacd(out_dir: Path, data: str, train_set: Any, test_set: Any, attack_obj: Any, arch: str | None, seed: int) -> None:
     """PACD poisons: the attacker's validation rows are the target class in the first half of the test split."""
-    import numpy as np
-
-    from advkit.fileio import atomic_path, sha256_file, write_json
     from advkit.models import build
 
     c, h, _ = train_set.input_shape
@@ -389,29 +386,10 @@ def _poison_pacd(out_dir: Path, data: str, train_set: Any, test_set: Any, attack
         surrogate, train_set.x, train_set.y, test_set.x[:half], test_set.y[:half],
         generator=torch.Generator().manual_seed(seed), progress=_progress_callback(True),
     )
-    npz = out_dir / "poisoned.npz"
-    with atomic_path(npz) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(
-                handle,
-                x_train=poisoned.x.numpy(),
-                y_train=poisoned.y.numpy(),
-                x_test=test_set.x.numpy(),
-                y_test=test_set.y.numpy(),
-                classes=np.array(train_set.classes),
-            )
-    manifest = {
-        "attack": "pacd",
-        "params": {**poisoned.params, "target": attack_obj.target, "arch": arch},
-        "source": data,
-        "rows": len(poisoned.y),
-        "poisoned_rows": poisoned.rows,
-        "original_labels": [int(v) for v in poisoned.original_y[poisoned.poisoned].tolist()],
-        "rate": poisoned.rate,
-        "attacker_validation": f"{data}:test rows 0..{half - 1} of class {attack_obj.target}",
-        "files": {"poisoned.npz": sha256_file(npz)},
-    }
-    write_json(out_dir / "manifest.json", manifest)
+    npz = _save_poisoned(
+        out_dir, data, train_set, test_set, poisoned, "pacd", {**poisoned.params, "target": attack_obj.target, "arch": arch},
+        {}, {"attacker_validation": f"{data}:test rows 0..{half - 1} of class {attack_obj.target}"},
+    )
     out.print(
         f"PACD perturbed {len(poisoned.rows)} of {len(poisoned.y)} rows of {data}:train (class {attack_obj.target}, "
         f"labels kept, max |delta| {poisoned.params['max_perturbation']:.3f}); wrote {npz} and {out_dir / 'manifest.json'}"
@@ -419,15 +397,32 @@ def _poison_pacd(out_dir: Path, data: str, train_set: Any, test_set: Any, attack
 
 
 def _write_poisoned(out_dir: Path, data: str, train_set: Any, test_set: Any, poisoned: Any, attack_obj: Any) -> None:
-    import numpy as np
-
+    """A backdoor: the poisoned set plus the triggered test rows and the trigger itself."""
     from advkit.attacks.poisoning.backdoor import backdoor_labels
-    from advkit.fileio import atomic_path, sha256_file, write_json
 
     mask, pattern = attack_obj.trigger.mask_and_pattern(train_set.input_shape)
     keep = test_set.y != attack_obj.target if attack_obj.mode == "all-to-one" else torch.ones_like(test_set.y, dtype=torch.bool)
     triggered = attack_obj.trigger.apply(test_set.x[keep])
     backdoor_y = backdoor_labels(test_set.y[keep], attack_obj.target, attack_obj.mode, train_set.num_classes)
+    arrays = {
+        "x_test_triggered": triggered, "y_test_backdoor": backdoor_y, "trigger_mask": mask, "trigger_pattern": pattern,
+    }
+    npz = _save_poisoned(out_dir, data, train_set, test_set, poisoned, attack_obj.name, attack_obj.params(), arrays, {})
+    out.print(
+        f"poisoned {len(poisoned.rows)} of {len(poisoned.y)} rows of {data}:train with {attack_obj.name} "
+        f"(target {attack_obj.target}, {attack_obj.mode}); wrote {npz} and {out_dir / 'manifest.json'}"
+    )
+
+
+def _save_poisoned(
+    out_dir: Path, data: str, train_set: Any, test_set: Any, poisoned: Any, attack: str, params: dict[str, Any],
+    arrays: dict[str, torch.Tensor], extra: dict[str, Any],
+) -> Path:
+    """DIR/poisoned.npz (readable by --data) and DIR/manifest.json (changed rows, original labels, SHA-256)."""
+    import numpy as np
+
+    from advkit.fileio import atomic_path, sha256_file, write_json
+
     npz = out_dir / "poisoned.npz"
     with atomic_path(npz) as tmp:
         with open(tmp, "wb") as handle:
@@ -437,27 +432,22 @@ def _write_poisoned(out_dir: Path, data: str, train_set: Any, test_set: Any, poi
                 y_train=poisoned.y.numpy(),
                 x_test=test_set.x.numpy(),
                 y_test=test_set.y.numpy(),
-                x_test_triggered=triggered.numpy(),
-                y_test_backdoor=backdoor_y.numpy(),
-                trigger_mask=mask.numpy(),
-                trigger_pattern=pattern.numpy(),
+                **{k: v.numpy() for k, v in arrays.items()},
                 classes=np.array(train_set.classes),
             )
     manifest = {
-        "attack": attack_obj.name,
-        "params": attack_obj.params(),
+        "attack": attack,
+        "params": params,
         "source": data,
         "rows": len(poisoned.y),
         "poisoned_rows": poisoned.rows,
         "original_labels": [int(v) for v in poisoned.original_y[poisoned.poisoned].tolist()],
         "rate": poisoned.rate,
+        **extra,
         "files": {"poisoned.npz": sha256_file(npz)},
     }
     write_json(out_dir / "manifest.json", manifest)
-    out.print(
-        f"poisoned {len(poisoned.rows)} of {len(poisoned.y)} rows of {data}:train with {attack_obj.name} "
-        f"(target {attack_obj.target}, {attack_obj.mode}); wrote {npz} and {out_dir / 'manifest.json'}"
-    )
+    return npz
 
 
 @app.command()
