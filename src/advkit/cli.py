@@ -669,7 +669,7 @@ def provenance_verify(manifest: Annotated[Path, typer.Argument(help="a provenanc
 
 @app.command(name="list")
 def list_methods(
-    family: Annotated[str | None, typer.Option("--family", help="evasion|defense|arch")] = None,
+    family: Annotated[str | None, typer.Option("--family", help="evasion|poisoning|extraction|defense|arch")] = None,
 ) -> None:
     """Every attack and defense: its family, knowledge, paper and MITRE ATLAS id."""
     from advkit.models.architectures import ARCHITECTURES
