@@ -125,3 +125,9 @@ def info_8x8():
     from advkit.core import ModelInfo
 
     return ModelInfo((1, 8, 8), 10)
+
+
+@pytest.mark.parametrize("budget", [1, 12, 40])
+def test_hopskipjump_never_overruns_a_tiny_budget(budget, digits_model, digits_test):
+    result = HopSkipJump(Threat(norm="l2", eps=100.0), max_queries=budget)(digits_model, digits_test.x[:10], digits_test.y[:10])
+    assert int(result.queries.max()) <= budget

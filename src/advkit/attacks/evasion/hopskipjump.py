@@ -101,10 +101,11 @@ class HopSkipJump(EvasionAttack):
             hit = adversarial(noise, rows)
             start[rows[hit]] = noise[hit]
             found[rows[hit]] = True
+        current = start.clone()  # rows without a budget for the first bisection keep their start
+        found &= queries.to(x.device) + bisection_steps <= self.max_queries
         rows = found.nonzero().squeeze(1)
         if rows.numel() == 0:
-            return x, queries
-        current = x.clone()
+            return current, queries
         current[rows] = self._bisect(x[rows], start[rows], rows, adversarial, threat.norm, bisection_steps, lo, hi)
         for t in range(1, 10_000):
             evals = min(int(self.init_evals * math.sqrt(t)), self.max_evals)
