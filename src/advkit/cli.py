@@ -563,6 +563,7 @@ def steal(
     seed_size: Annotated[int, typer.Option("--seed-size", help="attacker's seed images (papernot)")] = 150,
     rounds: Annotated[int, typer.Option("--rounds", help="substitute epochs rho, i.e. augmentation rounds + 1 (papernot)")] = 6,
     epochs: Annotated[int, typer.Option("--epochs", help="training epochs per round (papernot) or in all (knockoff)")] = 10,
+    step: Annotated[float, typer.Option("--step", help="Jacobian augmentation step lambda (papernot)")] = 0.2,
     reservoir: Annotated[int | None, typer.Option("--reservoir", help="new points per round after round 3 (papernot)")] = None,
     transfer_data: Annotated[str | None, typer.Option("--transfer-data", help="natural images of another distribution (knockoff; default: the other builtin set, resized)")] = None,
     max_queries: Annotated[int | None, typer.Option("--max-queries", help="query budget for the whole theft")] = None,
@@ -596,7 +597,7 @@ def steal(
     if name == "papernot":
         if not 1 <= seed_size <= half:
             raise AdvkitError(f"--seed-size must be in 1..{half} (the attacker's half of the test split)")
-        stolen = PapernotSubstitute(arch=arch, rounds=rounds, epochs=epochs, reservoir=reservoir, max_queries=max_queries)(
+        stolen = PapernotSubstitute(arch=arch, rounds=rounds, epochs=epochs, step=step, reservoir=reservoir, max_queries=max_queries)(
             victim, attacker_x[:seed_size], generator=generator
         )
     else:

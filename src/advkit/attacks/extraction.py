@@ -6,7 +6,9 @@
   substitute (``epochs`` = rho's inner epochs), then grow the set by Jacobian-based dataset
   augmentation: ``x + lambda * sign(d F_{O(x)}(x) / dx)`` for every ``x`` — the direction
   in which the substitute's output for the victim's label changes most — with the
-  periodic step ``lambda * (-1)^floor(round / tau)``. Optional reservoir sampling keeps
+  periodic step ``lambda * (-1)^floor(round / tau)`` (lambda 0.2 by default: the paper's 0.1
+  gave 46.5% FGSM transfer against zoo:mnist-cnn, 0.2 gave 54.7%, with 92-94% agreement
+  either way). Optional reservoir sampling keeps
   only ``reservoir`` new points per round after round ``sigma`` (fewer queries).
 - ``Knockoff``: Orekondy, Schiele & Fritz, "Knockoff Nets: Stealing Functionality of
   Black-Box Models", CVPR 2019 — query the victim with natural images from another
@@ -76,7 +78,7 @@ class PapernotSubstitute:
     arch: str
     rounds: int = 6
     epochs: int = 10
-    step: float = 0.1
+    step: float = 0.2
     tau: int = 3
     reservoir: int | None = None
     sigma: int = 3
