@@ -177,3 +177,10 @@ def test_poison_pacd_writes_a_clean_label_set(tmp_path, capsys):
         delta = np.abs(arrays["x_train"] - clean.x.numpy()).reshape(len(clean.y), -1).max(1)
     assert manifest["attack"] == "pacd" and manifest["poisoned_rows"] == np.flatnonzero(clean.y.numpy() == 2).tolist()
     assert delta.max() <= 0.1 + 1e-6 and delta[clean.y.numpy() != 2].max() == 0
+
+
+def test_black_box_options_fail_cleanly(capsys):
+    assert_bad_input(["attack", "square", "--knowledge", "label", "--limit", "5"], capsys, "needs score-box access")
+    assert_bad_input(["attack", "square", "--max-queries", "0", "--limit", "5"], capsys, "--max-queries")
+    assert_bad_input(["attack", "onepixel", "--norm", "l0", "--eps", "100", "--limit", "5", "--no-checks"], capsys, "exceed")
+    assert_bad_input(["attack", "fgsm", "--max-queries", "10", "--limit", "5"], capsys, "--max-queries")

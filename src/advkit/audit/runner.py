@@ -276,8 +276,12 @@ def save_arrays(path: Path, **arrays: np.ndarray) -> None:
             np.savez(handle, **arrays)
 
 
-def threat_for(config: AuditConfig, eps: float) -> Threat:
-    return Threat(norm=config.evasion.norm, eps=eps, goal=config.evasion.goal)
+def threat_for(config: AuditConfig, eps: float, attack: str | None = None) -> Threat:
+    """The audit's threat at one budget; the knowledge level is what ``attack`` needs (white by default)."""
+    from advkit.registry import lookup
+
+    knowledge = lookup(attack, "evasion").knowledge if attack else "white"
+    return Threat(norm=config.evasion.norm, eps=eps, goal=config.evasion.goal, knowledge=knowledge)
 
 
 def scenario_trigger(scenario: PoisoningConfig) -> Any:

@@ -57,7 +57,7 @@ def evasion(ctx: StepContext) -> dict[str, Any]:
     model = _target_model(ctx, inputs["target"])
     data = ctx.runner.eval_data().head(cfg.evasion.limit)
     settings = {"steps": cfg.evasion.steps, "restarts": cfg.evasion.restarts}
-    attack = build_evasion(inputs["attack"], threat_for(cfg, inputs["eps"]), settings, strict=False)
+    attack = build_evasion(inputs["attack"], threat_for(cfg, inputs["eps"], inputs["attack"]), settings, strict=False)
     result = attack(model, data.x, data.y, generator=ctx.generator, progress=ctx.runner.progress)
     record = result.to_dict()
     record.pop("seconds")

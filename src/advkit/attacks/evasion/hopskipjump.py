@@ -52,7 +52,7 @@ class HopSkipJump(EvasionAttack):
         max_evals: int = 10_000,
         gamma: float = 1.0,
         init_tries: int = 50,
-        query_chunk: int = 500,
+        query_chunk: int = 100,
         batch_size: int = 100,
     ) -> None:
         super().__init__(threat, batch_size=batch_size)
