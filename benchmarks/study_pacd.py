@@ -10,7 +10,7 @@ and an extra column trains a different architecture (``--transfer-arch``).
 
 The attacker's validation rows are the target class in the first half of the test
 split; victims are certified on the target class in the second half, which the attack
-never sees. Run: ``python benchmarks/study_pacd.py --json pacd.json`` (about 25 minutes
+never sees. Run: ``python benchmarks/study_pacd.py --json pacd.json`` (16 minutes measured
 on 2 CPU cores for digits: crafting against SmoothAdv and MACER differentiates their noisy
 objectives twice per step, and MACER victims train on 16 noise draws per row).
 """
