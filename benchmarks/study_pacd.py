@@ -26,7 +26,7 @@ import torch
 
 from advkit.attacks.poisoning import PACD
 from advkit.certify.smoothing import Smoothed
-from advkit.certify.training import CERTIFIED_TRAINING, SmoothAdv
+from advkit.certify.training import certified_objective
 from advkit.core import ModelHandle, ModelInfo
 from advkit.data import load_dataset
 from advkit.fileio import write_json
@@ -37,9 +37,7 @@ ARCH = {"digits": "digits-cnn", "mnist5k": "mnist-cnn"}
 
 def train_victim(arch: str, method: str, x: torch.Tensor, y: torch.Tensor, sigma: float, epochs: int, seed: int) -> ModelHandle:
     net = build(arch, in_channels=x.shape[1], num_classes=10, image_size=x.shape[-1], seed=seed)
-    objective = CERTIFIED_TRAINING[method](sigma=sigma)
-    if isinstance(objective, SmoothAdv):
-        objective.warmup_steps = max(1, epochs // 10) * -(-x.shape[0] // 64)
+    objective = certified_objective(method, sigma, rows=x.shape[0], epochs=epochs)
     fit(net, x, y, TrainConfig(epochs=epochs, lr=2e-3, seed=seed), objective)
     return ModelHandle(net, ModelInfo(tuple(x.shape[1:]), 10, arch=arch))  # type: ignore[arg-type]
 

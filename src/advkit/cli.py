@@ -223,7 +223,7 @@ def train(
 ) -> None:
     """Train a model (optionally adversarially) on a dataset's train split and save it."""
     from advkit.attacks.evasion import PGD
-    from advkit.certify.training import CERTIFIED_TRAINING
+    from advkit.certify.training import CERTIFIED_TRAINING, certified_objective
     from advkit.core import ModelHandle, ModelInfo, Threat
     from advkit.data import load_dataset
     from advkit.defenses.adversarial_training import DEFENSES
@@ -251,9 +251,7 @@ def train(
     steps_per_epoch = -(-len(train_set) // batch_size)
     warmup_steps = steps_per_epoch * max(1, epochs // 10)
     if defense in CERTIFIED_TRAINING:
-        objective = CERTIFIED_TRAINING[defense](sigma=sigma)
-        if defense == "smoothadv":
-            objective.warmup_steps = warmup_steps  # Salman et al. ramp eps over the first epochs
+        objective = certified_objective(defense, sigma, rows=len(train_set), epochs=epochs, batch_size=batch_size)
         info.extra["sigma"] = sigma
     elif defense != "none":
         objective = DEFENSES[defense](eps=eps, norm=norm, warmup_steps=warmup_steps)
@@ -374,12 +372,17 @@ def poison(
     _write_poisoned(out_dir, data, train_set, test_set, poisoned, attack_obj)
 
 
+def _default_arch(image_size: int) -> str:
+    """The zoo architecture for an image size (a grey-box attacker's guess when none is named)."""
+    return "digits-cnn" if image_size == 8 else "mnist-cnn" if image_size == 28 else "resnet8"
+
+
 def _poison_pacd(out_dir: Path, data: str, train_set: Any, test_set: Any, attack_obj: Any, arch: str | None, seed: int) -> None:
     """PACD poisons: the attacker's validation rows are the target class in the first half of the test split."""
     from advkit.models import build
 
     c, h, _ = train_set.input_shape
-    arch = arch or ("digits-cnn" if h == 8 else "mnist-cnn" if h == 28 else "resnet8")
+    arch = arch or _default_arch(h)
     surrogate = build(arch, in_channels=c, num_classes=train_set.num_classes, image_size=h, seed=seed + 1000)
     half = len(test_set) // 2
     poisoned = attack_obj(
@@ -589,7 +592,7 @@ def steal(
     lookup(name, "extraction")
     victim, test_set = _load(model, data, "test", None, device)
     c, h, _ = victim.input_shape
-    arch = arch or victim.info.arch or ("digits-cnn" if h == 8 else "mnist-cnn" if h == 28 else "resnet8")
+    arch = arch or victim.info.arch or _default_arch(h)
     half = len(test_set) // 2
     attacker_x, held_x, held_y = test_set.x[:half], test_set.x[half:], test_set.y[half:]
     generator = torch.Generator().manual_seed(seed)

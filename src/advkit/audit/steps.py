@@ -226,14 +226,12 @@ def backdoor_mitigation(ctx: StepContext) -> dict[str, Any]:
 
 def certified_training(ctx: StepContext) -> dict[str, Any]:
     """Train a copy of the audited architecture with a certified-training objective."""
-    from advkit.certify.training import CERTIFIED_TRAINING, SmoothAdv
+    from advkit.certify.training import certified_objective
 
     cfg = ctx.runner.config.certification
     assert cfg is not None and cfg.training is not None
     train = ctx.runner.train_data()
-    objective = CERTIFIED_TRAINING[cfg.training](sigma=cfg.sigma)
-    if isinstance(objective, SmoothAdv):
-        objective.warmup_steps = -(-len(train) // 64) * max(1, cfg.epochs // 10)
+    objective = certified_objective(cfg.training, cfg.sigma, rows=len(train), epochs=cfg.epochs)
     result = _train(ctx, train.x, train.y, objective, cfg.epochs, {"objective": cfg.training, "sigma": cfg.sigma}, f"certified-{cfg.training}")
     result.update({"defense": cfg.training, "sigma": cfg.sigma, "epochs": cfg.epochs})
     return result

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advkit.attacks.evasion.steps import ascent_direction, project_delta
 from advkit.errors import AdvkitError
 from advkit.registry import register
 
@@ -104,10 +105,7 @@ class SmoothAdv(_Noise):
             x_adv.requires_grad_(True)
             loss = F.nll_loss(soft_smoothed_log_probs(network, x_adv, noise), y)
             (grad,) = torch.autograd.grad(loss, x_adv)
-            norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-            delta = x_adv.detach() + step * grad / norms - x
-            scale = (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0).view_as(norms)
-            x_adv = (x + delta * scale).clamp(*self.bounds)
+            x_adv = x + project_delta(x_adv.detach() + step * ascent_direction(grad, "l2") - x, x, eps, "l2", self.bounds)
         network.train()
         x_adv = x + (x_adv - x).detach()  # the attack's step is a constant of the loss (Danskin)
         count = noise.shape[1]
@@ -158,3 +156,12 @@ class MACER(_Noise):
 
 
 CERTIFIED_TRAINING = {"gaussian": GaussianAugmentation, "smoothadv": SmoothAdv, "macer": MACER}
+
+
+def certified_objective(name: str, sigma: float, *, rows: int, epochs: int, batch_size: int = 64) -> _Noise:
+    """A certified-training objective by name; SmoothAdv ramps eps over the first tenth of
+    the epochs (Salman et al.), counted in optimiser steps of ``batch_size`` rows."""
+    objective = CERTIFIED_TRAINING[name](sigma=sigma)
+    if isinstance(objective, SmoothAdv):
+        objective.warmup_steps = -(-rows // batch_size) * max(1, epochs // 10)
+    return objective
