@@ -43,11 +43,15 @@ class _Noise:
         return (torch.randn((x.shape[0], count, *x.shape[1:]), generator=generator) * self.sigma).to(x.device)
 
 
+def noisy_logits(network: nn.Module, x: Tensor, noise: Tensor) -> Tensor:
+    """Logits of every row under each of its noise draws ([N, draws, C, H, W]) in one batch: [N, draws, classes]."""
+    n, count = noise.shape[:2]
+    return network((x.unsqueeze(1) + noise).flatten(0, 1)).view(n, count, -1)
+
+
 def soft_smoothed_log_probs(network: nn.Module, x: Tensor, noise: Tensor, temperature: float = 1.0) -> Tensor:
     """log of the mean softmax over the noise draws: the soft smoothed classifier, [N, classes]."""
-    n, count = noise.shape[:2]
-    logits = network((x.unsqueeze(1) + noise).flatten(0, 1)).view(n, count, -1)
-    return torch.log(torch.softmax(logits * temperature, 2).mean(1).clamp_min(1e-10))
+    return torch.log(torch.softmax(noisy_logits(network, x, noise) * temperature, 2).mean(1).clamp_min(1e-10))
 
 
 @register(
@@ -137,9 +141,8 @@ class MACER(_Noise):
             raise AdvkitError("macer needs samples >= 1, beta > 0, gamma > 0, lbd >= 0")
 
     def __call__(self, network: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        noise = self.draws(x, self.samples, generator)
-        n, count = noise.shape[:2]
-        logits = network((x.unsqueeze(1) + noise).flatten(0, 1)).view(n, count, -1)
+        logits = noisy_logits(network, x, self.draws(x, self.samples, generator))
+        n = logits.shape[0]
         classification = F.nll_loss(torch.log(torch.softmax(logits, 2).mean(1) + 1e-10), y, reduction="sum")
         return (classification + self.lbd * self.robustness_loss(logits, y, reduction="sum")) / n
 

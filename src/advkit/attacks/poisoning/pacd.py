@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit.certify.training import CERTIFIED_TRAINING
+from advkit.certify.training import CERTIFIED_TRAINING, noisy_logits
 from advkit.core import PoisonedData
 from advkit.errors import AdvkitError
 from advkit.models.train import TrainConfig, fit
@@ -53,9 +53,7 @@ def soft_radius(network: nn.Module, x: Tensor, y: Tensor, noise: Tensor, sigma: 
     ``beta * logits`` over the noise draws ``noise`` ([N, draws, C, H, W]). Negative when
     the row is misclassified; probabilities are clamped away from 0 and 1 so it stays finite.
     """
-    n, draws = noise.shape[:2]
-    logits = network((x.unsqueeze(1) + noise).flatten(0, 1)).view(n, draws, -1)
-    p = torch.softmax(beta * logits, 2).mean(1).clamp(1e-4, 1 - 1e-4)
+    p = torch.softmax(beta * noisy_logits(network, x, noise), 2).mean(1).clamp(1e-4, 1 - 1e-4)
     p_true = p.gather(1, y.view(-1, 1)).squeeze(1)
     p_other = p.scatter(1, y.view(-1, 1), 0.0).amax(1).clamp_min(1e-4)
     return sigma / 2 * (torch.special.ndtri(p_true) - torch.special.ndtri(p_other))
