@@ -22,6 +22,7 @@ from advkit.defenses.backdoor.mitigation import (
     NeuronPruning,
     TriggerInputFilter,
     Unlearning,
+    neuron_layer,
 )
 from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse, anomaly_indices
 from advkit.errors import AdvkitError
@@ -48,6 +49,16 @@ def digits_backdoor():
     attack = BadNets(PatchTrigger(size=3, position="bottom-right"), target=4, rate=0.1)
     model, poisoned, test = backdoored("digits", attack)
     return attack, model, poisoned, test
+
+
+@pytest.fixture(scope="module")
+def digits_reversed(digits_backdoor):
+    """The defender's half of the test split, the held-out half and the reversed trigger."""
+    attack, model, _, test = digits_backdoor
+    half = test.x.shape[0] // 2
+    xd, yd, xe, ye = test.x[:half], test.y[:half], test.x[half:], test.y[half:]
+    trigger = NeuralCleanse()(model, xd, yd).details["triggers"][attack.target]
+    return xd, yd, xe, ye, trigger
 
 
 def test_poisoning_records_rows_and_respects_the_rate():
@@ -95,11 +106,9 @@ def test_neural_cleanse_flags_the_target_and_spares_a_clean_model(digits_backdoo
     assert clean_report.flagged_ids == []
 
 
-def test_repairs_remove_the_backdoor_and_keep_accuracy(digits_backdoor):
-    attack, model, _, test = digits_backdoor
-    half = test.x.shape[0] // 2
-    xd, yd, xe, ye = test.x[:half], test.y[:half], test.x[half:], test.y[half:]
-    trigger = NeuralCleanse()(model, xd, yd).details["triggers"][attack.target]
+def test_repairs_remove_the_backdoor_and_keep_accuracy(digits_backdoor, digits_reversed):
+    attack, model, _, _ = digits_backdoor
+    xd, yd, xe, ye, trigger = digits_reversed
 
     def real_asr(m):
         return backdoor_success_rate(m, xe, ye, attack.trigger, attack.target)
@@ -118,6 +127,28 @@ def test_repairs_remove_the_backdoor_and_keep_accuracy(digits_backdoor):
     triggered = attack.trigger.apply(xe[ye != attack.target])
     assert float(detector(model, triggered).flagged.float().mean()) > 0.3
     assert float(detector(model, xe).flagged.float().mean()) < 0.15
+
+
+def test_pruning_zeroes_feature_neurons_and_keeps_to_its_accuracy_budget(digits_backdoor, digits_reversed):
+    _, model, _, _ = digits_backdoor
+    xd, yd, _, _, trigger = digits_reversed
+    classifier = model.net.classifier
+    assert neuron_layer(model.net, "features") is classifier[1] and neuron_layer(model.net, "linear") is classifier[3]
+    assert neuron_layer(model.net, "conv") is model.net.features[2]
+    result = NeuronPruning()(model, trigger, xd, yd)
+    dead = (result.model.net.classifier[1].weight == 0).all(0)
+    assert int(dead.sum()) == result.details["pruned_neurons"] > 0
+    assert not bool((classifier[1].weight == 0).all(0).any())  # the original keeps its weights
+    # a patch in a corner lights up the corner's positions: the pruned neurons sit there
+    positions = dead.view(64, 4, 4).any(0)  # rows 0 and columns 0 see pixels 0-3 only
+    assert bool(positions[2:, 2:].any()) and not bool(positions[0].any() or positions[:, 0].any())
+    # penultimate neurons carry the clean function too: with no accuracy to spend, pruning
+    # stops short and the reversed trigger survives; each kept group cost nothing
+    tight = NeuronPruning(layer="linear", max_accuracy_drop=0.0)(model, trigger, xd, yd)
+    assert tight.clean_accuracy_after >= tight.clean_accuracy_before
+    assert tight.reversed_asr_after > 0.02 and tight.details["pruned_neurons"] < 128
+    with pytest.raises(AdvkitError, match="neuron layer must be one of"):
+        NeuronPruning(layer="dense")(model, trigger, xd, yd)
 
 
 def test_anomaly_index_uses_the_normal_consistency_constant():

@@ -12,11 +12,16 @@ Networks", IEEE S&P 2019:
 - **Unlearning**: fine-tune on clean data where a share of the rows carries the reversed
   trigger *with their correct label*, so the model learns to ignore it.
 
-"Neurons" are either the inputs of the model's last ``nn.Linear`` (the second-to-last
-layer of the paper) or the channels of its last ``nn.Conv2d`` (the paper found the last
-convolutional layer more effective for some attacks; on small CNNs pruning there works
-where the dense layer is too redundant). Each mitigation returns a new model and the
-figures before and after.
+"Neurons" are the inputs of the model's first ``nn.Linear`` (``features``, the default
+for pruning: on a CNN that flattens its last feature map these are one neuron per
+channel *and position*, so a patch trigger's neurons are ones clean images barely use),
+the inputs of its last ``nn.Linear`` (``linear``, the second-to-last layer of the paper)
+or the channels of its last ``nn.Conv2d`` (``conv``; the paper found the last
+convolutional layer more effective for some attacks). On advkit's small CNNs pruning
+``linear`` or ``conv`` neurons costs 5-16 points of clean accuracy before the real
+trigger fails, because those neurons also carry the clean function; pruning
+``features`` neurons does not (``benchmarks/study_neural_cleanse.py``). Each mitigation
+returns a new model and the figures before and after.
 """
 
 from __future__ import annotations
@@ -73,25 +78,30 @@ class MitigationResult:
         }
 
 
-LAYERS = ("linear", "conv")
+LAYERS = ("linear", "features", "conv")
 
 
-def _last(net: nn.Module, kind: type[nn.Module]) -> nn.Module | None:
-    found = None
-    for module in net.modules():
-        if isinstance(module, kind) or getattr(module, "original_name", None) == kind.__name__:
-            found = module
-    return found
+def _modules_of(net: nn.Module, kind: type[nn.Module]) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, kind) or getattr(m, "original_name", None) == kind.__name__]
+
+
+def _takes_inputs(layer: str) -> bool:
+    """Linear-type layers prune input features (weight columns); ``conv`` prunes output channels."""
+    return layer != "conv"
 
 
 def neuron_layer(net: nn.Module, layer: str) -> nn.Module:
-    """Where the neurons are: the last ``nn.Linear`` (its inputs) or last ``nn.Conv2d`` (its channels)."""
+    """Where the neurons are: the inputs of the last ``nn.Linear`` (``linear``, the paper's
+    second-to-last layer), the inputs of the first ``nn.Linear`` (``features``: on a CNN that
+    flattens its last feature map, one neuron per channel *and position*), or the channels of
+    the last ``nn.Conv2d`` (``conv``)."""
     if layer not in LAYERS:
         raise AdvkitError(f"neuron layer must be one of {', '.join(LAYERS)}; got {layer!r}")
-    found = _last(net, nn.Linear if layer == "linear" else nn.Conv2d)
-    if found is None:
-        raise AdvkitError(f"backdoor mitigation on '{layer}' neurons needs a model with an nn.{'Linear' if layer == 'linear' else 'Conv2d'} layer")
-    return found
+    kind = nn.Conv2d if layer == "conv" else nn.Linear
+    found = _modules_of(net, kind)
+    if not found:
+        raise AdvkitError(f"backdoor mitigation on '{layer}' neurons needs a model with an nn.{kind.__name__} layer")
+    return found[0] if layer == "features" else found[-1]
 
 
 def neuron_activations(model: ModelHandle, x: Tensor, layer: str = "linear", batch_size: int = 512) -> Tensor:
@@ -107,7 +117,7 @@ def neuron_activations(model: ModelHandle, x: Tensor, layer: str = "linear", bat
         captured.append(torch.relu(output.detach()).mean((2, 3)).cpu())
 
     try:
-        hook = module.register_forward_pre_hook(before) if layer == "linear" else module.register_forward_hook(after)
+        hook = module.register_forward_pre_hook(before) if _takes_inputs(layer) else module.register_forward_hook(after)
     except (AttributeError, RuntimeError):
         raise AdvkitError("backdoor mitigation needs an eager nn.Module (TorchScript layers take no hooks)") from None
     try:
@@ -117,26 +127,26 @@ def neuron_activations(model: ModelHandle, x: Tensor, layer: str = "linear", bat
     return torch.cat(captured)
 
 
-def switch_off(module: nn.Module, neuron: int, layer: str) -> Callable[[], None]:
-    """Prune one neuron in place (zero its weights); returns a function that undoes it."""
-    if layer == "linear":
-        saved = module.weight.data[:, neuron].clone()
-        module.weight.data[:, neuron] = 0
+def switch_off(module: nn.Module, neurons: list[int], layer: str) -> Callable[[], None]:
+    """Prune neurons in place (zero their weights); returns a function that undoes it."""
+    if _takes_inputs(layer):
+        saved = module.weight.data[:, neurons].clone()
+        module.weight.data[:, neurons] = 0
 
         def undo() -> None:
-            module.weight.data[:, neuron] = saved
+            module.weight.data[:, neurons] = saved
 
         return undo
-    saved_w = module.weight.data[neuron].clone()
-    saved_b = module.bias.data[neuron].clone() if module.bias is not None else None
-    module.weight.data[neuron] = 0
+    saved_w = module.weight.data[neurons].clone()
+    saved_b = module.bias.data[neurons].clone() if module.bias is not None else None
+    module.weight.data[neurons] = 0
     if module.bias is not None:
-        module.bias.data[neuron] = 0
+        module.bias.data[neurons] = 0
 
     def undo_conv() -> None:
-        module.weight.data[neuron] = saved_w
+        module.weight.data[neurons] = saved_w
         if saved_b is not None:
-            module.bias.data[neuron] = saved_b
+            module.bias.data[neurons] = saved_b
 
     return undo_conv
 
@@ -219,17 +229,26 @@ class TriggerInputFilter:
 class NeuronPruning:
     """Prune ranked neurons until the reversed trigger fails or accuracy would drop too far.
 
+    Neurons are switched off in ``rounds`` groups of equal size (one at a time when the
+    layer has at most ``rounds`` neurons); after each group the reversed trigger's success
+    and the clean accuracy are measured on the defender's data. Pruning stops once the
+    success is under ``success_threshold``; a group that would cost more than
+    ``max_accuracy_drop`` is put back and pruning ends there.
+
     With ``recover_epochs > 0`` the pruned model is then fine-tuned on the clean data with
     the pruned weights held at zero (the recovery step of fine-pruning, Liu, Dolan-Gavitt &
-    Garg, RAID 2018); the pruning phase may then spend ``max_accuracy_drop`` before
-    recovery. ``recover_epochs=0`` is the paper's plain pruning.
+    Garg, RAID 2018). The default ``recover_epochs=0`` is the paper's plain pruning: on
+    ``features`` neurons a recovery fine-tune gives the real trigger back some of its
+    success (digits: up to 17% from 6%) and the defender's accuracy figure turns
+    optimistic, as recovery trains on those rows.
     """
 
-    success_threshold: float = 0.05
-    max_accuracy_drop: float = 0.10
+    success_threshold: float = 0.02
+    max_accuracy_drop: float = 0.03
     max_fraction: float = 0.9
-    layer: str = "conv"
-    recover_epochs: int = 5
+    layer: str = "features"
+    rounds: int = 128
+    recover_epochs: int = 0
     lr: float = 1e-3
     seed: int = 0
 
@@ -242,16 +261,18 @@ class NeuronPruning:
         acc0, rev0 = _accuracy(model, x, y), _trigger_success(model, trigger, x, y)
         pruned: list[int] = []
         acc, rev = acc0, rev0
-        limit = int(self.max_fraction * ranking.numel())
-        for neuron in ranking[:limit].tolist():
+        candidates = ranking[: int(self.max_fraction * ranking.numel())].tolist()
+        step = max(1, -(-ranking.numel() // self.rounds))
+        for start in range(0, len(candidates), step):
             if rev < self.success_threshold:
                 break
-            undo = switch_off(module, neuron, self.layer)
+            group = candidates[start : start + step]
+            undo = switch_off(module, group, self.layer)
             new_acc = _accuracy(repaired, x, y)
             if acc0 - new_acc > self.max_accuracy_drop:
-                undo()  # one neuron too many: keep the last good model
+                undo()  # one group too many: keep the last good model
                 break
-            pruned.append(neuron)
+            pruned += group
             acc, rev = new_acc, _trigger_success(repaired, trigger, x, y)
         details = {"layer": self.layer, "pruned_neurons": len(pruned), "of_neurons": int(ranking.numel())}
         if self.recover_epochs > 0 and pruned:
@@ -277,7 +298,7 @@ class NeuronPruning:
             if param is None:
                 continue
             keep = torch.ones_like(param)
-            if self.layer == "linear":
+            if _takes_inputs(self.layer):
                 if param is module.bias:
                     continue
                 keep[:, pruned] = 0
