@@ -187,12 +187,17 @@ def test_bad_inputs_are_refused(digits_model, digits_test):
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("data", ["digits", "mnist5k"])
 def test_neural_cleanse_over_seeds_and_positions(data):
-    """Acceptance 1-3 over 5 seeds (each its own corner and target): benchmarks/study_neural_cleanse.py."""
+    """Acceptance 1-3 over 5 seeds (each its own corner and target): benchmarks/study_neural_cleanse.py.
+
+    About 20 minutes for mnist5k and 5 for digits on 2 cores."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from study_neural_cleanse import study
 
-    rows = study(data, seeds=5, repairs=False)
+    rows = study(data, seeds=5)
     assert all(r["attack_success_rate"] >= 0.95 for r in rows)
     assert all(r["backdoored_accuracy"] >= r["clean_model_accuracy"] - 0.02 for r in rows)
     assert sum(r["nc_flags_target"] for r in rows) >= 4
     assert sum(r["nc_clean_flagged"] == [] for r in rows) >= 4
+    for mitigation in ("nc-unlearn", "nc-prune"):  # judged on the held-out half
+        repaired = [r[mitigation] for r in rows]
+        assert all(m["asr_after"] < 0.10 and m["clean_after"] >= m["clean_before"] - 0.03 for m in repaired), (mitigation, repaired)
