@@ -4,6 +4,9 @@ Both runs take the same number of steps (early stopping off, fixed epochs) on th
 clean images in the same process. ``speedup`` = class-by-class time / batched time.
 The floor is steps x one bare forward+backward (input gradient) of a batch of
 classes x batch-size images: what the batched optimisation cannot go below.
+On a CPU both runs sit at that floor (the work is compute-bound and linear in rows, so
+batching only saves per-call overhead); on a GPU small class-by-class batches are
+launch-bound, which is what batching removes: ``--device cuda``.
 Run: ``python benchmarks/bench_neural_cleanse.py --json bench-results/neural_cleanse.json``.
 """
 
@@ -33,8 +36,8 @@ def main() -> None:
     cases = []
     speedups = {}
     for zoo, data, rows in (("digits-cnn", "digits", 320), ("mnist-cnn", "mnist5k", 320)):
-        model = pretrained(zoo)
-        x = load_dataset(data, split="test", limit=rows).x
+        model = pretrained(zoo, device=args.device)
+        x = load_dataset(data, split="test", limit=rows).x.to(args.device)
         classes = model.num_classes
         detector = NeuralCleanse(epochs=EPOCHS, batch_size=BATCH, early_stop=False)
         steps = EPOCHS * math.ceil(rows / BATCH)
@@ -47,8 +50,8 @@ def main() -> None:
                 detector.reverse(model, x, classes=[k], generator=torch.Generator().manual_seed(0))
 
         network = model.network.eval()
-        stamped = torch.rand(classes * BATCH, *model.input_shape)
-        wanted = torch.arange(classes).repeat_interleave(BATCH)
+        stamped = torch.rand(classes * BATCH, *model.input_shape, device=args.device)
+        wanted = torch.arange(classes, device=args.device).repeat_interleave(BATCH)
 
         def floor() -> None:
             for _ in range(steps):
@@ -70,6 +73,7 @@ def main() -> None:
         speedups=speedups,
         epochs=EPOCHS,
         batch_size=BATCH,
+        device=args.device,
     )
 
 

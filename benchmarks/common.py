@@ -14,13 +14,20 @@ import torch
 from advkit.fileio import write_json
 
 
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
-    """Minimum wall time over ``repeats`` runs after one warm-up run."""
+    """Minimum wall time over ``repeats`` runs after one warm-up run (GPU work waited for)."""
     fn()
     times = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
         fn()
+        _synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -33,6 +40,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -44,6 +52,7 @@ def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="torch device for benchmarks that take one (cpu, cuda)")
     return parser.parse_args()
 
 
