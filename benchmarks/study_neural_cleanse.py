@@ -4,7 +4,8 @@ For each seed (its own trigger corner and target class): train a model on BadNet
 poisoned data (3x3 patch, 10%) and a clean model; record clean accuracy and attack
 success; run Neural Cleanse on held-out clean rows of both; repair the backdoored model
 with unlearning and pruning (defender's half of the test split) and measure the real
-trigger's success and clean accuracy on the other half.
+trigger's success and clean accuracy on the other half; fit the input filter on the
+defender's half and count the triggered and clean held-out rows it flags.
 Run: ``python benchmarks/study_neural_cleanse.py --data digits --json study.json``.
 """
 
@@ -20,7 +21,11 @@ import torch
 from advkit.attacks.poisoning import BadNets, PatchTrigger, backdoor_success_rate
 from advkit.core import ModelHandle, ModelInfo
 from advkit.data import load_dataset
-from advkit.defenses.backdoor.mitigation import NeuronPruning, Unlearning
+from advkit.defenses.backdoor.mitigation import (
+    NeuronPruning,
+    TriggerInputFilter,
+    Unlearning,
+)
 from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse
 from advkit.fileio import write_json
 from advkit.models import TrainConfig, build, fit
@@ -86,7 +91,13 @@ def study(data: str, seeds: int = 5, repairs: bool = True) -> list[dict[str, Any
                     "asr_after": result.asr_after,
                     "clean_before": accuracy(backdoored, xe, ye),
                     "clean_after": accuracy(result.model, xe, ye),
+                    **{k: v for k, v in result.details.items() if k in ("pruned_neurons", "of_neurons", "layer")},
                 }
+            detector = TriggerInputFilter().fit(backdoored, trigger, xd, yd)
+            row["nc-filter"] = {
+                "triggered_flagged": float(detector(backdoored, attack.trigger.apply(xe[ye != target])).flagged.float().mean()),
+                "clean_flagged": float(detector(backdoored, xe).flagged.float().mean()),
+            }
         rows.append(row)
         print(row, flush=True)
     return rows
