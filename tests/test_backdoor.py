@@ -149,6 +149,8 @@ def test_pruning_zeroes_feature_neurons_and_keeps_to_its_accuracy_budget(digits_
     assert tight.reversed_asr_after > 0.02 and tight.details["pruned_neurons"] < 128
     with pytest.raises(AdvkitError, match="neuron layer must be one of"):
         NeuronPruning(layer="dense")(model, trigger, xd, yd)
+    with pytest.raises(AdvkitError, match="rounds must be >= 1"):
+        NeuronPruning(rounds=0)
 
 
 def test_anomaly_index_uses_the_normal_consistency_constant():

@@ -259,6 +259,12 @@ class NeuronPruning:
     lr: float = 1e-3
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.recover_epochs < 0:
+            raise AdvkitError(f"nc-prune: rounds must be >= 1 and recover_epochs >= 0; got {self.rounds} and {self.recover_epochs}")
+        if not (0.0 <= self.success_threshold <= 1.0 and 0.0 <= self.max_accuracy_drop <= 1.0 and 0.0 < self.max_fraction <= 1.0):
+            raise AdvkitError("nc-prune: success_threshold and max_accuracy_drop must be in [0, 1], max_fraction in (0, 1]")
+
     def __call__(
         self, model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor, evaluate: Evaluate | None = None
     ) -> MitigationResult:
