@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import case, parse_args, report  # noqa: E402
+from common import case, parse_args, report, timed  # noqa: E402
 
 from advkit.attacks.evasion import HopSkipJump, SquareAttack  # noqa: E402
 from advkit.core import Threat  # noqa: E402
@@ -28,12 +28,6 @@ from advkit.data import load_dataset  # noqa: E402
 from advkit.models import pretrained  # noqa: E402
 
 ROWS, QUERIES = 100, 1000
-
-
-def timed(fn):  # noqa: ANN001, ANN201
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import case, parse_args, report  # noqa: E402
+from common import case, parse_args, report, timed  # noqa: E402
 
 from advkit.certify.smoothing import Smoothed  # noqa: E402
 from advkit.data import load_dataset  # noqa: E402
@@ -42,12 +41,6 @@ smoothed.certify(data.x[0], 100, int(sys.argv[1]), 0.001, torch.Generator().manu
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(before, after)
 """
-
-
-def timed(fn) -> float:  # noqa: ANN001
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def peak_rss_kib(n: int) -> tuple[int, int]:
@@ -79,8 +72,8 @@ def main() -> None:
     certify(), floor()  # warm-up
     certify_times, floor_times = [], []
     for _ in range(args.repeats):  # interleaved: this machine's speed drifts between runs
-        certify_times.append(timed(certify))
-        floor_times.append(timed(floor))
+        certify_times.append(timed(certify)[1])
+        floor_times.append(timed(floor)[1])
     cases = [
         case(
             f"certify {ROWS} rows, n0={N0}, n={N}",

@@ -7,11 +7,13 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from advkit.fileio import write_json
+
+T = TypeVar("T")
 
 
 def _synchronize() -> None:
@@ -19,17 +21,19 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """One run of ``fn``: its result and wall time (GPU work waited for)."""
+    _synchronize()
+    start = time.perf_counter()
+    out = fn()
+    _synchronize()
+    return out, time.perf_counter() - start
+
+
 def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
-    """Minimum wall time over ``repeats`` runs after one warm-up run (GPU work waited for)."""
+    """Minimum wall time over ``repeats`` runs after one warm-up run."""
     fn()
-    times = []
-    for _ in range(repeats):
-        _synchronize()
-        start = time.perf_counter()
-        fn()
-        _synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timed(fn)[1] for _ in range(repeats))
 
 
 def environment() -> dict[str, Any]:

@@ -57,10 +57,22 @@ class _SoftTargets:
         return -(self.probs.to(y.device)[y] * F.log_softmax(network(x), 1)).sum(1).mean()
 
 
-def _substitute(arch: str, info: ModelInfo, seed: int) -> ModelHandle:
+def _substitute(arch: str, info: ModelInfo, generator: torch.Generator) -> ModelHandle:
+    """A fresh substitute of ``arch`` for the victim's inputs, its weights seeded from ``generator``."""
     c, h, _ = info.input_shape
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     net = build(arch, in_channels=c, num_classes=info.num_classes, image_size=h, seed=seed)
     return ModelHandle(net, ModelInfo(info.input_shape, info.num_classes, bounds=info.bounds, arch=arch))
+
+
+def _query(oracle: Any, victim: ModelHandle, x: Tensor, scores: bool) -> Tensor:
+    """The victim's answers for ``x`` in batches of 512: probability vectors or labels."""
+    out = []
+    with victim.eval_mode():
+        for first in range(0, x.shape[0], 512):
+            batch = victim.to_device(x[first : first + 512])
+            out.append((oracle.probs(batch) if scores else oracle.labels(batch)).cpu())
+    return torch.cat(out)
 
 
 @register(
@@ -97,12 +109,12 @@ class PapernotSubstitute:
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         oracle = victim.view("label")
         lo, hi = victim.bounds
-        substitute = _substitute(self.arch, victim.info, int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        substitute = _substitute(self.arch, victim.info, generator)
         budget = self.max_queries if self.max_queries is not None else float("inf")
         if seed_x.shape[0] > budget:
             seed_x = seed_x[: int(budget)]
         data = seed_x.clone()
-        labels = self._ask(oracle, victim, data)
+        labels = _query(oracle, victim, data, scores=False)
         history = []
         for rho in range(self.rounds):
             fit(substitute.network, data, labels, TrainConfig(epochs=self.epochs, lr=self.lr, seed=rho, batch_size=64))
@@ -122,16 +134,8 @@ class PapernotSubstitute:
             lam = self.step * (-1) ** (rho // self.tau)
             fresh = (parents + lam * self._jacobian_sign(substitute, parents, parent_labels)).clamp(lo, hi)
             data = torch.cat([data, fresh])
-            labels = torch.cat([labels, self._ask(oracle, victim, fresh)])
+            labels = torch.cat([labels, _query(oracle, victim, fresh, scores=False)])
         return StolenModel(substitute, oracle.queries, "papernot", history)
-
-    @staticmethod
-    def _ask(oracle: Any, victim: ModelHandle, x: Tensor) -> Tensor:
-        out = []
-        with victim.eval_mode():
-            for first in range(0, x.shape[0], 512):
-                out.append(oracle.labels(victim.to_device(x[first : first + 512])).cpu())
-        return torch.cat(out)
 
     @staticmethod
     def _jacobian_sign(substitute: ModelHandle, x: Tensor, labels: Tensor) -> Tensor:
@@ -165,25 +169,22 @@ class Knockoff:
     lr: float = 2e-3
     max_queries: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.max_queries is not None and self.max_queries < 1:
+            raise AdvkitError(f"--max-queries must be >= 1; got {self.max_queries}")
+
     def __call__(self, victim: ModelHandle, transfer_x: Tensor, *, generator: torch.Generator | None = None) -> StolenModel:
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         if self.max_queries is not None:
-            if self.max_queries < 1:
-                raise AdvkitError(f"--max-queries must be >= 1; got {self.max_queries}")
             transfer_x = transfer_x[torch.randperm(transfer_x.shape[0], generator=generator)[: self.max_queries]]
         oracle = victim.view("score" if self.soft else "label")
-        answers = []
-        with victim.eval_mode():
-            for first in range(0, transfer_x.shape[0], 512):
-                batch = victim.to_device(transfer_x[first : first + 512])
-                answers.append((oracle.probs(batch) if self.soft else oracle.labels(batch)).cpu())
-        substitute = _substitute(self.arch, victim.info, int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        answers = _query(oracle, victim, transfer_x, scores=self.soft)
+        substitute = _substitute(self.arch, victim.info, generator)
         config = TrainConfig(epochs=self.epochs, lr=self.lr, seed=0, batch_size=64)
         if self.soft:
-            probs = torch.cat(answers)
-            fit(substitute.network, transfer_x, torch.arange(transfer_x.shape[0]), config, _SoftTargets(probs))
+            fit(substitute.network, transfer_x, torch.arange(transfer_x.shape[0]), config, _SoftTargets(answers))
         else:
-            fit(substitute.network, transfer_x, torch.cat(answers), config)
+            fit(substitute.network, transfer_x, answers, config)
         return StolenModel(substitute, oracle.queries, "knockoff", [{"points": int(transfer_x.shape[0]), "queries": oracle.queries}])
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from advkit.attacks.evasion.base import CleanForward, EvasionAttack
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
+from advkit.metrics import perturbation_norms
 from advkit.registry import register
 
 
@@ -114,7 +115,7 @@ class HopSkipJump(EvasionAttack):
             if rows.numel() == 0:
                 break
             xr, cr = x[rows], current[rows]
-            dist = self._distance(cr, xr, threat.norm)
+            dist = perturbation_norms(cr - xr, threat.norm)
             delta = (
                 torch.full_like(dist, 0.1 * (hi - lo))
                 if t == 1
@@ -136,11 +137,6 @@ class HopSkipJump(EvasionAttack):
                 step[idx[~ok]] /= 2
             current[rows] = self._bisect(xr, moved, rows, adversarial, threat.norm, bisection_steps, lo, hi)
         return current, queries
-
-    @staticmethod
-    def _distance(a: Tensor, b: Tensor, norm: str) -> Tensor:
-        diff = (a - b).flatten(1)
-        return diff.norm(dim=1) if norm == "l2" else diff.abs().amax(1)
 
     @staticmethod
     def _blend(x: Tensor, x_adv: Tensor, alpha: Tensor, norm: str) -> Tensor:

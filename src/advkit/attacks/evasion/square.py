@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from advkit.attacks.evasion.base import CleanForward, EvasionAttack
+from advkit.attacks.evasion.steps import margin
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
 from advkit.registry import register
@@ -35,6 +36,11 @@ def _schedule(p_init: float, iteration: int, iterations: int) -> float:
         if bounds[k] < it <= bounds[k + 1]:
             return p_init / 2 ** (k + 1)
     return p_init
+
+
+def _random_signs(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
+    """+-1 drawn uniformly, on ``like``'s device and dtype."""
+    return torch.randint(0, 2, shape, generator=generator).float().mul_(2).sub_(1).to(like)
 
 
 def _pseudo_gaussian_rectangle(rows: int, cols: int) -> Tensor:
@@ -92,9 +98,7 @@ class SquareAttack(EvasionAttack):
         logp = torch.log(probs.clamp_min(1e-30))
         if target is not None:
             return -logp.gather(1, target[:, None]).squeeze(1)
-        true = logp.gather(1, y[:, None]).squeeze(1)
-        other = logp.scatter(1, y[:, None], float("-inf")).amax(1)
-        return true - other
+        return -margin(logp, y)
 
     @staticmethod
     def _success(probs: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
@@ -116,7 +120,7 @@ class SquareAttack(EvasionAttack):
         eps = threat.eps
         queries = torch.zeros(n, dtype=torch.long)
         if threat.norm == "linf":
-            signs = torch.randint(0, 2, (n, c, 1, w), generator=generator).float().mul_(2).sub_(1).to(x)
+            signs = _random_signs((n, c, 1, w), generator, x)
             x_best = (x + eps * signs).clamp(lo, hi)
         else:
             x_best = (x + self._l2_start(x, eps, generator)).clamp(lo, hi)
@@ -159,7 +163,7 @@ class SquareAttack(EvasionAttack):
         n, c, h, w = x.shape
         delta = x_best - x
         top, left = self._window(h, w, side, generator)
-        signs = torch.randint(0, 2, (n, c, 1, 1), generator=generator).float().mul_(2).sub_(1).to(x)
+        signs = _random_signs((n, c, 1, 1), generator, x)
         delta[:, :, top : top + side, left : left + side] = eps * signs
         return x + delta
 
@@ -172,7 +176,7 @@ class SquareAttack(EvasionAttack):
         for top in range(start_h, h - side + 1, side):
             for left in range(start_w, w - side + 1, side):
                 window = pseudo_gaussian_window(side, generator).to(x) if side > 1 else torch.ones(1, 1).to(x)
-                signs = torch.randint(0, 2, (n, c, 1, 1), generator=generator).float().mul_(2).sub_(1).to(x)
+                signs = _random_signs((n, c, 1, 1), generator, x)
                 delta[:, :, top : top + side, left : left + side] += window * signs
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return delta / norms * eps
@@ -192,7 +196,7 @@ class SquareAttack(EvasionAttack):
         both[win1] = 1
         both[win2] = 1
         norm_windows = (delta * both).flatten(2).norm(dim=2).view(n, c, 1, 1)
-        signs = torch.randint(0, 2, (n, c, 1, 1), generator=generator).float().mul_(2).sub_(1).to(x)
+        signs = _random_signs((n, c, 1, 1), generator, x)
         new = pseudo_gaussian_window(side, generator).to(x).expand(n, c, side, side) * signs + old / (1e-10 + norm_old)
         budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
         new = new / new.flatten(2).norm(dim=2).view(n, c, 1, 1).clamp_min(1e-12) * budget
