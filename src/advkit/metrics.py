@@ -20,12 +20,16 @@ def accuracy(pred: Tensor, y: Tensor) -> float:
     return float((pred.to(y.device) == y).float().mean())
 
 
-def attack_success_rate(success: Tensor, clean_correct: Tensor) -> float:
-    """Share of clean-correct rows on which the attack reached its goal."""
+def attack_success_rate(success: Tensor, clean_correct: Tensor) -> float | None:
+    """Share of clean-correct rows on which the attack reached its goal.
+
+    ``None`` when the model gets no row right: there is nothing to attack, and 0 would
+    read as "the attack never works".
+    """
     n = int(clean_correct.sum())
     if n == 0:
-        return 0.0
-    return float((success & clean_correct).sum()) / n
+        return None
+    return float((success.to(clean_correct.device) & clean_correct).sum()) / n
 
 
 def per_class_table(y: Tensor, clean_pred: Tensor, adv_pred: Tensor, num_classes: int) -> list[dict[str, Any]]:
@@ -73,3 +77,46 @@ def perturbation_norms(delta: Tensor, norm: str) -> Tensor:
     if norm == "l0":
         return (delta.abs().amax(1) > 0).flatten(1).sum(1).to(delta.dtype)
     raise ValueError(f"unknown norm {norm!r}")
+
+
+def worst_case(
+    y: Tensor,
+    clean_pred: Tensor,
+    adv_preds: list[Tensor],
+    successes: list[Tensor],
+    num_classes: int,
+    names: list[str],
+) -> dict[str, Any]:
+    """The per-row worst case over several attacks on the same rows (DESIGN.md principle 7).
+
+    A row is robust only if every attack left it standing: it counts as correct under
+    attack only when every attack's adversarial prediction is its label, and as an attack
+    success when any attack reached its goal. ``broken_by`` says, per attack, how many
+    clean-correct rows it was the first in ``names`` order to break.
+    """
+    if not adv_preds or len(adv_preds) != len(successes) or len(adv_preds) != len(names):
+        raise ValueError("worst_case needs one prediction and one success vector per attack")
+    y, clean_pred = y.cpu(), clean_pred.cpu()
+    worst_pred = y.clone()
+    any_success = torch.zeros_like(y, dtype=torch.bool)
+    clean_correct = clean_pred == y
+    broken_by: dict[str, int] = {}
+    for name, pred, success in zip(names, adv_preds, successes, strict=True):
+        pred, success = pred.cpu(), success.cpu().bool()
+        if pred.shape != y.shape or success.shape != y.shape:
+            raise ValueError(f"{name}: per-row results cover {pred.shape[0]} rows, not the {y.shape[0]} of the others")
+        fresh = (worst_pred == y) & (pred != y)
+        worst_pred[fresh] = pred[fresh]
+        newly = success & ~any_success & clean_correct
+        broken_by[name] = int(newly.sum())
+        any_success |= success
+    return {
+        "attack": "worst",
+        "attacks": list(names),
+        "n": int(y.shape[0]),
+        "clean_accuracy": accuracy(clean_pred, y),
+        "adversarial_accuracy": accuracy(worst_pred, y),
+        "attack_success_rate": attack_success_rate(any_success, clean_correct),
+        "per_class": per_class_table(y, clean_pred, worst_pred, num_classes),
+        "broken_by": broken_by,
+    }

@@ -50,6 +50,30 @@ def lookup(name: str, family: str | None = None) -> Entry:
     return entry
 
 
+def settings_taken(name: str) -> set[str]:
+    """The settings (constructor keywords) the evasion attack called ``name`` takes."""
+    import inspect
+
+    entry = lookup(name, "evasion")
+    return {k for k in inspect.signature(entry.factory.__init__).parameters if k not in ("self", "threat")}
+
+
+def check_settings_apply(names: list[str], settings: dict[str, Any]) -> None:
+    """Each setting must be taken by at least one attack of the list (one line otherwise).
+
+    ``advkit attack pgd square --max-queries 1000`` gives Square its budget and PGD
+    nothing; ``advkit attack fgsm pgd --max-queries 1000`` is an error.
+    """
+    taken = {name: settings_taken(name) for name in names}
+    for key in settings:
+        if not any(key in accepted for accepted in taken.values()):
+            takers = sorted(n for n, e in REGISTRY.items() if e.family == "evasion" and key in settings_taken(n))
+            option = "--" + key.replace("_", "-")
+            raise AdvkitError(
+                f"{option} applies to none of {', '.join(names)}; it is taken by {', '.join(takers) or 'no attack'}"
+            )
+
+
 def build_evasion(name: str, threat: Any, settings: dict[str, Any], *, strict: bool = True, **fixed: Any) -> Any:
     """An evasion attack by name with the settings its constructor takes.
 

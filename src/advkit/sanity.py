@@ -116,16 +116,52 @@ def check_eps_zero(attack: EvasionAttack, handle: ModelHandle, x: Tensor, y: Ten
     return Finding("eps_zero", True, "eps=0 leaves accuracy unchanged")
 
 
-def check_blackbox_vs_whitebox(white: AttackResult, black: AttackResult, slack: float = 0.02) -> Finding:
-    """A black-box attack beating the white-box one on the same rows hints at masked gradients."""
-    if black.attack_success_rate > white.attack_success_rate + slack:
+def _rate_and_name(result: AttackResult | dict[str, Any]) -> tuple[float, str]:
+    if isinstance(result, dict):
+        rate, name = result.get("attack_success_rate"), str(result.get("attack"))
+    else:
+        rate, name = result.attack_success_rate, result.attack
+    return (0.0 if rate is None else float(rate)), name
+
+
+def check_blackbox_vs_whitebox(
+    white: AttackResult | dict[str, Any], black: AttackResult | dict[str, Any], slack: float = 0.02
+) -> Finding:
+    """A black-box attack beating the white-box one on the same rows hints at masked gradients.
+
+    Takes two :class:`AttackResult` or two ``--json`` records of the same rows and budget.
+    """
+    white_rate, white_name = _rate_and_name(white)
+    black_rate, black_name = _rate_and_name(black)
+    if black_rate > white_rate + slack:
         return Finding(
             "blackbox_beats_whitebox",
             False,
-            f"{black.attack} ({black.attack_success_rate:.1%}) beats {white.attack} ({white.attack_success_rate:.1%}) "
+            f"{black_name} ({black_rate:.1%}) beats {white_name} ({white_rate:.1%}) "
             "on the same rows: the gradients are probably masked",
         )
-    return Finding("blackbox_beats_whitebox", True, "white-box attack at least as strong as black-box")
+    return Finding("blackbox_beats_whitebox", True, f"{white_name} at least as strong as {black_name}")
+
+
+def check_probability_outputs(handle: ModelHandle, x: Tensor, tol: float = 1e-4) -> Finding:
+    """Does the model already output probabilities (AutoAttack's ``check_square_sum``)?
+
+    Attacks ascend losses on logits; on a softmax output the cross-entropy saturates and
+    its gradients vanish, so white-box attacks under-report. Flags outputs that are
+    non-negative and sum to one on every row.
+    """
+    out = handle.predict_logits(x)
+    if out.numel() == 0:
+        return Finding("probability_outputs", True, "no rows to check")
+    sums_to_one = bool(((out.sum(1) - 1).abs() <= tol).all()) and bool((out >= -tol).all())
+    if sums_to_one:
+        return Finding(
+            "probability_outputs",
+            False,
+            "the model outputs probabilities (rows are non-negative and sum to 1), not logits: "
+            "gradient attacks on a softmax output under-report; remove the final softmax before auditing",
+        )
+    return Finding("probability_outputs", True, "the model outputs logits")
 
 
 def run_checks(
@@ -133,7 +169,9 @@ def run_checks(
 ) -> SanityReport:
     """The model checks on up to ``sample`` rows, plus the eps=0 check for ``attack``."""
     x, y = x[:sample], y[:sample]
-    report = SanityReport([check_train_mode(handle), check_random_forward(handle, x), check_gradients(handle, x, y)])
+    report = SanityReport(
+        [check_train_mode(handle), check_random_forward(handle, x), check_gradients(handle, x, y), check_probability_outputs(handle, x)]
+    )
     if attack is not None:
         report.findings.append(check_eps_zero(attack, handle, x[:64], y[:64]))
     return report

@@ -35,6 +35,7 @@ class EvasionConfig(_Strict):
     goal: Literal["untargeted", "targeted", "confidence"] = "untargeted"
     steps: int = Field(10, ge=1)
     restarts: int = Field(3, ge=1)
+    max_queries: int = Field(1000, ge=1, description="query budget per image of black-box attacks, also of the Square run the gradient-masking check adds")
     limit: int | None = Field(None, ge=1, description="attack only the first N rows")
 
     @field_validator("eps")
@@ -52,6 +53,8 @@ class EvasionConfig(_Strict):
     def _attacks(cls, names: list[str]) -> list[str]:
         from advkit.registry import lookup
 
+        if not names:
+            raise ValueError("needs at least one attack (see advkit list --family evasion)")
         for name in names:
             try:
                 lookup(name, "evasion")
@@ -65,7 +68,7 @@ class TriggerConfig(_Strict):
     position: str | list[int] = "bottom-right"
     pattern: Literal["checkerboard", "solid", "random"] = "checkerboard"
     values: list[float] | None = None
-    alpha: float = Field(0.1, gt=0, le=1)
+    alpha: float = Field(0.2, gt=0, le=1)
 
 
 class PoisoningConfig(_Strict):
@@ -156,11 +159,16 @@ def load_config(path: str | Path | None) -> AuditConfig:
         return AuditConfig()
     path = Path(path)
     try:
-        text = path.read_text()
+        raw_bytes = path.read_bytes()
     except FileNotFoundError:
         raise AdvkitError(f"{path}: no such config file") from None
     except OSError as exc:
-        raise AdvkitError(f"{path}: cannot read ({exc.strerror})") from None
+        raise AdvkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw_bytes[: exc.start].count(b"\n") + 1
+        raise AdvkitError(f"{path}:{line}: not a YAML config: byte 0x{raw_bytes[exc.start]:02x} is not UTF-8 text") from None
     try:
         raw = yaml.safe_load(text)
         node = yaml.compose(text)

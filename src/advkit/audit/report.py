@@ -9,6 +9,7 @@ nothing from a config, a file name or a class name can inject markup.
 from __future__ import annotations
 
 import platform
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +35,17 @@ def build_report(runner: AuditRunner, plan: list[Step]) -> dict[str, Any]:
         if step.kind == "adversarial-training":
             r = results[step.id]
             models.append({"id": step.id, "label": f"{r['defense']} eps={r['eps']:g} (mitigated)", "clean_accuracy": r["clean_accuracy"], "artifact": r["artifact"]})
-    evasion = []
+    evasion, per_row = [], []
+    masking = []
     for step in plan:
-        if step.kind == "evasion":
-            record = dict(results[step.id])
+        if step.kind == "gradient-masking":
+            check = {k: v for k, v in results[step.id].items() if k != "record"}
+            check["step"] = step.id
+            masking.append(check)
+        record = results[step.id] if step.kind == "evasion" else results[step.id].get("record") if step.kind == "gradient-masking" else None
+        if record is not None:
+            record = dict(record)
+            per_row.append(record.pop("per_row", None))
             record["step"] = step.id
             record["atlas"] = ids_for(f"evasion:{record['threat']['knowledge']}")
             evasion.append(record)
@@ -66,6 +74,8 @@ def build_report(runner: AuditRunner, plan: list[Step]) -> dict[str, Any]:
         "provenance": results["provenance"],
         "models": models,
         "evasion": evasion,
+        "evasion_worst": evasion_worst(evasion, per_row, runner.eval_data().head(runner.config.evasion.limit).y, runner.model().num_classes),
+        "gradient_masking": masking,
         "backdoor": {
             "audited_model": results.get("inspect/model"),
             "scenarios": scenarios,
@@ -77,6 +87,41 @@ def build_report(runner: AuditRunner, plan: list[Step]) -> dict[str, Any]:
     }
     report["findings"] = findings(report)
     return report
+
+
+def evasion_worst(records: list[dict[str, Any]], per_row: list[dict[str, Any] | None], y: torch.Tensor, num_classes: int) -> list[dict[str, Any]]:
+    """Per model and budget, the per-row worst case over every attack run there (principle 7).
+
+    A row counts as robust only if every attack, including one the gradient-masking check
+    added, left it standing. Records without per-row outcomes (a report from an older
+    version) fall back to the single strongest attack.
+    """
+    from advkit.metrics import worst_case
+
+    groups: dict[tuple[str, float], list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault((record["model"], record["threat"]["eps"]), []).append(index)
+    out = []
+    for (model, eps), indices in groups.items():
+        rows = [records[i] for i in indices]
+        outcomes = [per_row[i] for i in indices]
+        names = [r["attack"] for r in rows]
+        if all(o is not None and len(o["adv_pred"]) == y.shape[0] for o in outcomes):
+            worst = worst_case(
+                y,
+                torch.tensor(outcomes[0]["clean_pred"]),  # type: ignore[index]
+                [torch.tensor(o["adv_pred"]) for o in outcomes],  # type: ignore[index]
+                [torch.tensor(o["success"]) for o in outcomes],  # type: ignore[index]
+                num_classes,
+                names,
+            )
+        else:
+            strongest = min(rows, key=lambda r: r["adversarial_accuracy"])
+            worst = {k: strongest[k] for k in ("n", "clean_accuracy", "adversarial_accuracy", "attack_success_rate", "per_class")}
+            worst.update({"attack": "worst", "attacks": names, "broken_by": None})
+        worst.pop("attack", None)
+        out.append({"model": model, "norm": rows[0]["threat"]["norm"], "eps": eps, **worst})
+    return sorted(out, key=lambda r: (r["model"] != "model", r["model"], r["eps"]))
 
 
 def _clean_accuracy(results: dict[str, Any]) -> float | None:
@@ -139,52 +184,7 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "detail": "Neural Cleanse found no class with an abnormally small trigger; it does not rule out large or input-specific triggers.",
                 "atlas": ids_for("neural-cleanse"),
             })
-    for model in report["models"]:
-        rows = [r for r in report["evasion"] if r["model"] == model["id"]]
-        for attack in sorted({r["attack"] for r in rows}):
-            curve = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["threat"]["eps"])
-            broken = next((r for r in curve if r["adversarial_accuracy"] < 0.5 * r["clean_accuracy"]), None)
-            norm = curve[0]["threat"]["norm"]
-            if broken is not None:
-                severity = _severity_for_budget(broken["threat"]["eps"], norm) if model["id"] == "model" else "info"
-                title = (
-                    f"{attack.upper()} ({norm}) at eps={broken['threat']['eps']:g} cuts accuracy of the {model['label']} "
-                    f"from {broken['clean_accuracy']:.1%} to {broken['adversarial_accuracy']:.1%}"
-                )
-                out.append({"severity": severity, "title": title, "detail": f"attack success rate {broken['attack_success_rate']:.1%} of correctly classified rows", "atlas": broken["atlas"]})
-            elif model["id"] == "model":
-                last = curve[-1]
-                out.append({
-                    "severity": "low",
-                    "title": f"{attack.upper()} ({norm}) keeps accuracy above half up to eps={last['threat']['eps']:g} ({last['adversarial_accuracy']:.1%})",
-                    "detail": "robust within the audited budgets",
-                    "atlas": last["atlas"],
-                })
-    def worst_by_eps(model_id: str) -> dict[float, dict[str, Any]]:
-        """Per budget, the strongest attack's row (each budget counts its worst case)."""
-        worst: dict[float, dict[str, Any]] = {}
-        for r in report["evasion"]:
-            eps = r["threat"]["eps"]
-            if r["model"] == model_id and (eps not in worst or r["adversarial_accuracy"] < worst[eps]["adversarial_accuracy"]):
-                worst[eps] = r
-        return worst
-
-    base = worst_by_eps("model")
-    for model in report["models"][1:]:
-        hardened = worst_by_eps(model["id"])
-        gains = [(hardened[e]["adversarial_accuracy"] - base[e]["adversarial_accuracy"], e) for e in hardened if e in base]
-        if gains:
-            _, eps = max(gains)
-            before, after = base[eps], hardened[eps]
-            out.append({
-                "severity": "info",
-                "title": (
-                    f"Mitigation {model['label']}: worst-case accuracy at eps={eps:g} rises from "
-                    f"{before['adversarial_accuracy']:.1%} ({before['attack']}) to {after['adversarial_accuracy']:.1%} ({after['attack']})"
-                ),
-                "detail": f"clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}",
-                "atlas": ids_for(model["id"].split("/", 1)[1]),
-            })
+    out += _evasion_findings(report)
     for scenario in report["backdoor"]["scenarios"]:
         rate = scenario["params"]["rate"]
         severity = "high" if scenario["attack_success_rate"] >= 0.9 else "medium" if scenario["attack_success_rate"] >= 0.5 else "low"
@@ -219,6 +219,94 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
             })
     out += _certification_findings(report.get("certification", []))
     return sorted(out, key=lambda f: SEVERITIES.index(f["severity"]))
+
+
+def _atlas_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ATLAS ids of several evasion records, each once."""
+    seen: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for entry in record.get("atlas", []):
+            seen.setdefault(entry["id"], entry)
+    return list(seen.values())
+
+
+def _worst_label(worst: dict[str, Any]) -> str:
+    return f"the worst case of {', '.join(worst['attacks'])}" if len(worst["attacks"]) > 1 else worst["attacks"][0].upper()
+
+
+def _evasion_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Findings on the per-row worst case per model and budget, gradient masking, and mitigation gains."""
+    out: list[dict[str, Any]] = []
+    worst_rows = report.get("evasion_worst", [])
+    records = report["evasion"]
+
+    def at(model_id: str, eps: float) -> list[dict[str, Any]]:
+        return [r for r in records if r["model"] == model_id and r["threat"]["eps"] == eps]
+
+    labels = {m["id"]: m["label"] for m in report["models"]}
+    for model in report["models"]:
+        curve = sorted((w for w in worst_rows if w["model"] == model["id"]), key=lambda w: w["eps"])
+        if not curve:
+            continue
+        norm = curve[0]["norm"]
+        broken = next((w for w in curve if w["adversarial_accuracy"] < 0.5 * w["clean_accuracy"]), None)
+        if broken is not None:
+            severity = _severity_for_budget(broken["eps"], norm) if model["id"] == "model" else "info"
+            rate = broken["attack_success_rate"]
+            out.append({
+                "severity": severity,
+                "title": (
+                    f"{_worst_label(broken)} ({norm}) at eps={broken['eps']:g} cuts accuracy of the {model['label']} "
+                    f"from {broken['clean_accuracy']:.1%} to {broken['adversarial_accuracy']:.1%}"
+                ),
+                "detail": f"attack success rate {rate:.1%} of correctly classified rows; a row counts as robust only if every attack left it standing",
+                "atlas": _atlas_of(at(model["id"], broken["eps"])),
+            })
+        elif model["id"] == "model":
+            last = curve[-1]
+            out.append({
+                "severity": "low",
+                "title": f"{_worst_label(last)} ({norm}) keeps accuracy above half up to eps={last['eps']:g} ({last['adversarial_accuracy']:.1%})",
+                "detail": "robust within the audited budgets",
+                "atlas": _atlas_of(at(model["id"], last["eps"])),
+            })
+    for check in report.get("gradient_masking", []):
+        if not check.get("escalated"):
+            continue
+        model_id, eps = check["model"], check["eps"]
+        white = [r for r in at(model_id, eps) if r["threat"]["knowledge"] == "white"]
+        worst = next((w for w in worst_rows if w["model"] == model_id and w["eps"] == eps), None)
+        if not white or worst is None:
+            continue
+        white_best = min(r["adversarial_accuracy"] for r in white)
+        gap = white_best - worst["adversarial_accuracy"]
+        far = gap >= 0.1 or worst["adversarial_accuracy"] < 0.5 * white_best
+        out.append({
+            "severity": "high" if far else "medium",
+            "title": (
+                f"Gradient masking suspected on the {labels.get(model_id, model_id)} at eps={eps:g}: white-box attacks leave "
+                f"{white_best:.1%} accuracy, {check['attack']} (black-box) brings the worst case to {worst['adversarial_accuracy']:.1%}"
+            ),
+            "detail": "; ".join(check["reasons"]) + f". The audit added {check['attack']} itself; the worst case counts it.",
+            "atlas": _atlas_of(at(model_id, eps)),
+        })
+    base = {w["eps"]: w for w in worst_rows if w["model"] == "model"}
+    for model in report["models"][1:]:
+        hardened = {w["eps"]: w for w in worst_rows if w["model"] == model["id"]}
+        gains = [(hardened[e]["adversarial_accuracy"] - base[e]["adversarial_accuracy"], e) for e in hardened if e in base]
+        if gains:
+            _, eps = max(gains)
+            before, after = base[eps], hardened[eps]
+            out.append({
+                "severity": "info",
+                "title": (
+                    f"Mitigation {model['label']}: worst-case accuracy at eps={eps:g} rises from "
+                    f"{before['adversarial_accuracy']:.1%} to {after['adversarial_accuracy']:.1%} (every attack, per row)"
+                ),
+                "detail": f"clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}",
+                "atlas": ids_for(model["id"].split("/", 1)[1]),
+            })
+    return out
 
 
 def _certification_findings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -266,11 +354,12 @@ def load_report(run_dir: str | Path) -> dict[str, Any]:
 
 
 def render_html(report: dict[str, Any], run_dir: Path) -> str:
-    """The self-contained HTML page (jinja2, autoescaped, plots inline)."""
+    """The self-contained HTML page (jinja2, autoescaped, plots inline); paths as :func:`shareable` shows them."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     from advkit.audit import plots
 
+    report = shareable(report)
     names = report["provenance"]["model_info"]["classes"]
     model_rows = [r for r in report["evasion"] if r["model"] == "model"]
     featured = None
@@ -288,11 +377,20 @@ def render_html(report: dict[str, Any], run_dir: Path) -> str:
         ],
     }
     env = Environment(loader=PackageLoader("advkit.audit", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    env.filters["pct"] = percent
     template = env.get_template("report.html.j2")
     budgets = sorted({r["threat"]["eps"] for r in report["evasion"]})
     attacks = sorted({r["attack"] for r in report["evasion"]})
     table = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
-    return template.render(report=report, images=images, budgets=budgets, attacks=attacks, table=table, names=names, severities=SEVERITIES)
+    worst = {(w["model"], w["eps"]): w for w in report.get("evasion_worst", [])}
+    return template.render(
+        report=report, images=images, budgets=budgets, attacks=attacks, table=table, worst=worst, names=names, severities=SEVERITIES
+    )
+
+
+def percent(value: float | None) -> str:
+    """A share as ``12.3%``; an en dash when it is undefined (no row to attack)."""
+    return "\u2013" if value is None else f"{100 * value:.1f}%"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -306,7 +404,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in report["evasion"]:
         lines.append(
             f"| {labels.get(r['model'], r['model'])} | {r['attack']} | {r['threat']['eps']:g} | {r['clean_accuracy']:.1%} | "
-            f"{r['adversarial_accuracy']:.1%} | {r['attack_success_rate']:.1%} |"
+            f"{r['adversarial_accuracy']:.1%} | {percent(r['attack_success_rate'])} |"
+        )
+    for w in report.get("evasion_worst", []):
+        lines.append(
+            f"| {labels.get(w['model'], w['model'])} | worst of {', '.join(w['attacks'])} | {w['eps']:g} | {w['clean_accuracy']:.1%} | "
+            f"{w['adversarial_accuracy']:.1%} | {percent(w['attack_success_rate'])} |"
         )
     scenarios = report["backdoor"]["scenarios"]
     if scenarios:
@@ -326,15 +429,29 @@ SARIF_LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low":
 
 
 def render_sarif(report: dict[str, Any]) -> dict[str, Any]:
-    """SARIF 2.1.0: one result per finding, rule id = the finding's first ATLAS id."""
+    """SARIF 2.1.0: one result per finding, rule id = the finding's first ATLAS id.
+
+    Every result's ``ruleId`` (and ``ruleIndex``) names a rule in ``tool.driver.rules``;
+    the analysed model is named relative to the working directory (or by its file name),
+    so the file can be shared without the machine's paths.
+    """
+    from urllib.parse import quote
+
+    report = shareable(report)
     rules: dict[str, dict[str, Any]] = {}
     results = []
-    target = report["config"]["model"]
+    target = quote(report["config"]["model"], safe="/:@!$&'()*+,;=-._~")
     for f in report["findings"]:
         rule = f["atlas"][0]["id"] if f["atlas"] else "ADVKIT.RELIABILITY"
-        rules.setdefault(rule, {"id": rule, "name": f["atlas"][0]["name"] if f["atlas"] else "Reliability of the evaluation"})
+        title = f["atlas"][0]["name"] if f["atlas"] else "Reliability of the evaluation"
+        rules.setdefault(rule, {
+            "id": rule,
+            "name": "".join(word[:1].upper() + word[1:] for word in re.split(r"[^0-9A-Za-z]+", title) if word),
+            "shortDescription": {"text": title},
+        })
         results.append({
             "ruleId": rule,
+            "ruleIndex": list(rules).index(rule),
             "level": SARIF_LEVEL[f["severity"]],
             "message": {"text": f"{f['title']}. {f['detail']}"},
             "properties": {"severity": f["severity"], "atlas": [a["id"] for a in f["atlas"]]},
@@ -343,8 +460,22 @@ def render_sarif(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
-        "runs": [{"tool": {"driver": {"name": "advkit", "version": report["advkit_version"], "rules": list(rules.values())}}, "results": results}],
+        "runs": [{
+            "tool": {"driver": {"name": "advkit", "version": report["advkit_version"], "rules": list(rules.values())}},
+            "results": results,
+        }],
     }
+
+
+def shareable(report: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the report for others to read (HTML, SARIF): every file named relative to
+    the working directory, or by its file name when outside it; no home directory, no
+    absolute path (``report.json`` and ``provenance.json`` keep theirs, for ``verify``)."""
+    from advkit.fileio import redact_paths
+
+    config = report.get("config", {})
+    known = [config.get("model"), config.get("data"), *(f.get("path") for f in report.get("provenance", {}).get("files", []))]
+    return redact_paths(report, [k for k in known if isinstance(k, str)])
 
 
 def write_views(run_dir: Path, report: dict[str, Any], formats: tuple[str, ...] = ("html",)) -> list[Path]:

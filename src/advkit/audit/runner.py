@@ -154,25 +154,13 @@ class AuditRunner:
 
         cfg = self.config
         plan: list[Step] = [Step("provenance", "provenance", {}, S.provenance)]
-        for attack in cfg.evasion.attacks:
-            for eps in cfg.evasion.eps:
-                plan.append(Step(f"evasion/model/{attack}@{eps:g}", "evasion", {"attack": attack, "eps": eps, "target": "model"}, S.evasion, ["provenance"]))
+        plan += self._evasion_steps("model", ["provenance"])
         if cfg.backdoor_defense is not None:
             plan.append(Step("inspect/model", "inspect", {"target": "model", "epochs": cfg.backdoor_defense.epochs}, S.inspect, ["provenance"]))
         if cfg.adversarial_training is not None:
             at = cfg.adversarial_training
             plan.append(Step(f"train/{at.defense}", "adversarial-training", at.model_dump(), S.adversarial_training, ["provenance"]))
-            for attack in cfg.evasion.attacks:
-                for eps in cfg.evasion.eps:
-                    plan.append(
-                        Step(
-                            f"evasion/{at.defense}/{attack}@{eps:g}",
-                            "evasion",
-                            {"attack": attack, "eps": eps, "target": f"train/{at.defense}"},
-                            S.evasion,
-                            [f"train/{at.defense}"],
-                        )
-                    )
+            plan += self._evasion_steps(f"train/{at.defense}", [f"train/{at.defense}"])
         for index, scenario in enumerate(cfg.poisoning):
             name = f"{index}-{scenario.attack}"
             plan.append(Step(f"poison/{name}", "poisoning", scenario.model_dump(), S.poisoning, ["provenance"]))
@@ -199,6 +187,29 @@ class AuditRunner:
                 plan.append(Step(trained, "certified-training", certification.model_dump(), S.certified_training, ["provenance"]))
                 plan.append(Step(f"certify/certified-{certification.training}", "certification", {"target": trained, **certification.model_dump()}, S.certification, [trained]))
         return plan
+
+    def _evasion_steps(self, target: str, depends: list[str]) -> list[Step]:
+        """Every (attack, eps) step on one model, then per eps the gradient-masking check over them."""
+        from advkit.audit import steps as S
+
+        cfg = self.config
+        label = "model" if target == "model" else target.split("/", 1)[1]
+        steps: list[Step] = []
+        for attack in cfg.evasion.attacks:
+            for eps in cfg.evasion.eps:
+                steps.append(Step(f"evasion/{label}/{attack}@{eps:g}", "evasion", {"attack": attack, "eps": eps, "target": target}, S.evasion, list(depends)))
+        for eps in cfg.evasion.eps:
+            evasion_ids = [f"evasion/{label}/{attack}@{eps:g}" for attack in cfg.evasion.attacks]
+            steps.append(
+                Step(
+                    f"masking/{label}@{eps:g}",
+                    "gradient-masking",
+                    {"target": target, "eps": eps, "evasion_steps": evasion_ids, "attack": S.MASKING_ATTACK},
+                    S.gradient_masking,
+                    evasion_ids,
+                )
+            )
+        return steps
 
     def _hash(self, step: Step, base: dict[str, Any]) -> str:
         blob = {
@@ -265,7 +276,8 @@ class AuditRunner:
             return None
 
     def _artifacts_present(self, result: dict[str, Any]) -> bool:
-        names = [result[k] for k in ("artifact", "examples", "triggers") if isinstance(result.get(k), str)]
+        nested = [result["record"]] if isinstance(result.get("record"), dict) else []
+        names = [r[k] for r in [result, *nested] for k in ("artifact", "examples", "triggers") if isinstance(r.get(k), str)]
         return all((self.run_dir / name).is_file() for name in names)
 
 

@@ -50,19 +50,30 @@ def _target_model(ctx: StepContext, target: str) -> ModelHandle:
 
 def evasion(ctx: StepContext) -> dict[str, Any]:
     """One evasion attack at one budget on the audited or a mitigated model."""
+    inputs = ctx.step.inputs
+    return _attack_record(ctx, inputs["target"], inputs["attack"], inputs["eps"])
+
+
+def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float) -> dict[str, Any]:
+    """Run one attack on the evaluation rows; the record keeps per-row outcomes for the worst case."""
     from advkit.sanity import check_eps_zero
 
     cfg = ctx.runner.config
-    inputs = ctx.step.inputs
-    model = _target_model(ctx, inputs["target"])
+    model = _target_model(ctx, target)
     data = ctx.runner.eval_data().head(cfg.evasion.limit)
-    settings = {"steps": cfg.evasion.steps, "restarts": cfg.evasion.restarts}
-    attack = build_evasion(inputs["attack"], threat_for(cfg, inputs["eps"], inputs["attack"]), settings, strict=False)
+    settings = {"steps": cfg.evasion.steps, "restarts": cfg.evasion.restarts, "max_queries": cfg.evasion.max_queries}
+    attack = build_evasion(attack_name, threat_for(cfg, eps, attack_name), settings, strict=False)
     result = attack(model, data.x, data.y, generator=ctx.generator, progress=ctx.runner.progress)
     record = result.to_dict()
     record.pop("seconds")
-    record["model"] = inputs["target"]
+    record["model"] = target
     record["eps_zero"] = check_eps_zero(attack, model, data.x[:64], data.y[:64]).to_dict()
+    # Per-row outcomes, so the report can count each row's worst case over attacks.
+    record["per_row"] = {
+        "clean_pred": result.clean_pred.cpu().tolist(),
+        "adv_pred": result.adv_pred.cpu().tolist(),
+        "success": [bool(v) for v in result.success.cpu().tolist()],
+    }
     name = f"artifacts/examples/{step_slug(ctx.step.id)}.npz"
     (ctx.runner.run_dir / "artifacts" / "examples").mkdir(parents=True, exist_ok=True)
     save_arrays(
@@ -75,6 +86,46 @@ def evasion(ctx: StepContext) -> dict[str, Any]:
     )
     record["examples"] = name
     return record
+
+
+MASKING_ATTACK = "square"
+
+
+def gradient_masking(ctx: StepContext) -> dict[str, Any]:
+    """Escalate to a gradient-free attack when the white-box numbers cannot be trusted.
+
+    Athalye, Carlini & Wagner, "Obfuscated Gradients Give a False Sense of Security"
+    (ICML 2018) and AutoAttack's checks (Croce & Hein, ICML 2020): when input gradients
+    are zero, NaN or masked, when the model outputs probabilities, or when a black-box
+    attack of the list beats the strongest white-box one on the same rows, the audit runs
+    Square (same norm and budget, ``evasion.max_queries`` per image) itself, and its rows
+    enter the worst case.
+    """
+    from advkit.sanity import check_blackbox_vs_whitebox, check_gradients, check_probability_outputs
+
+    inputs = ctx.step.inputs
+    target, eps = inputs["target"], inputs["eps"]
+    records = [ctx.result(step_id) for step_id in inputs["evasion_steps"]]
+    model = _target_model(ctx, target)
+    data = ctx.runner.eval_data().head(ctx.runner.config.evasion.limit)
+    checks = [check_gradients(model, data.x[:256], data.y[:256]), check_probability_outputs(model, data.x[:256])]
+    white = [r for r in records if r["threat"]["knowledge"] == "white"]
+    black = [r for r in records if r["threat"]["knowledge"] != "white"]
+    if white and black:
+        strongest = max(white, key=lambda r: r["attack_success_rate"] or 0.0)
+        checks += [check_blackbox_vs_whitebox(strongest, b) for b in black]
+    reasons = [f"{c.check}: {c.detail}" for c in checks if not c.ok]
+    out: dict[str, Any] = {"model": target, "eps": eps, "checks": [c.to_dict() for c in checks], "reasons": reasons}
+    if not reasons or not white:
+        out.update({"escalated": False, "why_not": "the checks passed" if not reasons else "no white-box attack to doubt"})
+        return out
+    if any(r["attack"] == MASKING_ATTACK for r in records):
+        out.update({"escalated": False, "why_not": f"{MASKING_ATTACK} is already in the attack list"})
+        return out
+    record = _attack_record(ctx, target, MASKING_ATTACK, eps)
+    record["added_by"] = "gradient-masking check"
+    out.update({"escalated": True, "attack": MASKING_ATTACK, "record": record})
+    return out
 
 
 def inspect(ctx: StepContext) -> dict[str, Any]:

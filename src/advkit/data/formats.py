@@ -4,14 +4,17 @@
 - CIFAR-10 binary batches (Krizhevsky 2009): records of 1 label byte + 3,072 pixels.
 - ``.npz`` with arrays ``x``, ``y`` (or ``x_train``/``y_train``/``x_test``/``y_test``),
   read with ``allow_pickle=False``.
-- An image folder: one sub-folder per class, read with Pillow.
+- An image folder: one sub-folder per class, or ``train/`` and ``val/`` each holding them
+  (the ImageNet layout), read with Pillow; images must share one size.
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
+import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,8 @@ from advkit.errors import AdvkitError
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 CIFAR_RECORD = 1 + 3 * 32 * 32
+WIDE_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+GREY_MODES = {"L", "LA", "1", *WIDE_GREY}
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -32,8 +37,10 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise AdvkitError(f"{path}: no such file") from None
-    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise AdvkitError(f"{path}: cannot read ({exc.__class__.__name__}: {exc}); truncated or not gzip?") from None
+    except OSError as exc:
+        raise AdvkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def read_idx(path: str | Path, expect_ndim: int | None = None) -> np.ndarray:
@@ -132,7 +139,11 @@ def load_cifar_dir(folder: Path, split: str) -> Dataset:
     classes = None
     meta = folder / "batches.meta.txt"
     if meta.is_file():
-        classes = [line.strip() for line in meta.read_text().splitlines() if line.strip()]
+        try:
+            text = _read_bytes(meta).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AdvkitError(f"{meta}: class names must be UTF-8 text, one per line; byte {exc.start} is not") from None
+        classes = [line.strip() for line in text.splitlines() if line.strip()]
     return from_arrays(x, y, f"{folder.name}:{split}", classes, files=files + ([meta] if classes else []))
 
 
@@ -142,17 +153,28 @@ def load_npz(path: Path, split: str, seed: int) -> Dataset:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise AdvkitError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            # numpy's own message advises allow_pickle=True; advkit never takes that advice.
+            raise AdvkitError(f"{path}: not an .npz archive: it reads as Python objects (a pickle), which advkit never loads") from None
+        raise AdvkitError(f"{path}: not a readable .npz archive ({' '.join(str(exc).split())[:200]})") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise AdvkitError(f"{path}: not a readable .npz archive ({exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise AdvkitError(f"{path}: holds a single .npy array, not an .npz archive of arrays 'x' and 'y' (np.savez)")
     with archive:
         keys = set(archive.files)
 
         def get(key: str) -> np.ndarray:
             try:
                 return archive[key]
-            except ValueError:
-                raise AdvkitError(f"{path}: array {key!r} holds Python objects; refusing to unpickle it") from None
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except ValueError as exc:
+                if "pickle" in str(exc):
+                    raise AdvkitError(
+                        f"{path}: array {key!r} holds Python objects (pickles), which advkit never loads; store numeric arrays"
+                    ) from None
+                raise AdvkitError(f"{path}: array {key!r} is unreadable ({' '.join(str(exc).split())[:200]}); truncated?") from None
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
                 raise AdvkitError(f"{path}: array {key!r} is unreadable ({exc}); truncated?") from None
 
         classes = [str(c) for c in get("classes").tolist()] if "classes" in keys else None
@@ -164,38 +186,102 @@ def load_npz(path: Path, split: str, seed: int) -> Dataset:
     return seeded_split(data, split, seed)
 
 
-def load_image_folder(folder: Path, split: str, seed: int) -> Dataset:
-    """One sub-folder per class (sorted names); all images must share one size."""
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _split_dirs(folder: Path) -> tuple[Path, Path] | None:
+    """``train/`` and ``val/`` (or ``test/``) each holding class folders: the ImageNet layout."""
+    train = folder / "train"
+    test = next((folder / name for name in ("val", "test") if (folder / name).is_dir()), None)
+    if train.is_dir() and test is not None and _class_dirs(train) and _class_dirs(test):
+        return train, test
+    return None
+
+
+def _pixels(img: object, mode: str) -> np.ndarray:
+    """One image as ``[H, W]`` (mode ``L``) or ``[H, W, 3]`` (``RGB``): uint8, or float in [0, 1] for 16-bit grey.
+
+    Pillow's own ``convert("L")`` clips 16-bit values at 255 instead of scaling them, so
+    16-bit grey is divided by 65535 here.
+    """
+    if img.mode in WIDE_GREY:  # type: ignore[attr-defined]
+        grey = np.asarray(img, dtype=np.float64)
+        if img.mode != "F":  # type: ignore[attr-defined]  # float TIFF: must already lie in [0, 1]
+            grey = grey / 65535.0
+        return (np.repeat(grey[..., None], 3, axis=2) if mode == "RGB" else grey).astype(np.float32)
+    return np.asarray(img.convert(mode), dtype=np.uint8)  # type: ignore[attr-defined]
+
+
+def _read_images(class_dirs: list[Path], names: list[str]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """Every image under the class folders, labelled by its folder's index in ``names``."""
     from PIL import Image, UnidentifiedImageError
 
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise AdvkitError(f"{folder}: not a known dataset layout (no IDX, CIFAR or class sub-folders)")
     files: list[Path] = []
     labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
+    for class_dir in class_dirs:
         found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise AdvkitError(f"{class_dir}: class folder has no images")
         files += found
-        labels += [label] * len(found)
+        labels += [names.index(class_dir.name)] * len(found)
     images = []
     for path in files:
         try:
-            with Image.open(path) as img:
-                img.load()
-                images.append(img.copy())
-        except (UnidentifiedImageError, OSError) as exc:
-            raise AdvkitError(f"{path}: unreadable image ({exc})") from None
-    gray = all(img.mode in ("L", "1", "I;16", "I", "F") for img in images)
+            with warnings.catch_warnings():
+                # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; both are refused.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img.load()
+                    images.append(img.copy())
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise AdvkitError(f"{path}: refused as a possible decompression bomb ({' '.join(str(exc).split())})") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise AdvkitError(f"{path}: unreadable image ({' '.join(str(exc).split())[:200]})") from None
+    gray = all(img.mode in GREY_MODES for img in images)
     mode = "L" if gray else "RGB"
-    arrays = [np.asarray(img.convert(mode), dtype=np.uint8) for img in images]
+    arrays = [_pixels(img, mode) for img in images]
     shape = arrays[0].shape
     for path, arr in zip(files, arrays):
         if arr.shape != shape:
-            raise AdvkitError(f"{path}: image size {arr.shape[:2]} differs from {shape[:2]} of the others")
+            raise AdvkitError(
+                f"{path}: image size {arr.shape[1]}x{arr.shape[0]} differs from {shape[1]}x{shape[0]} of the others "
+                "(advkit does not resize: give images of one size)"
+            )
+    if any(arr.dtype != np.uint8 for arr in arrays):
+        arrays = [arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr for arr in arrays]
     x = np.stack(arrays)
     if not gray:
         x = x.transpose(0, 3, 1, 2)
-    data = from_arrays(x, np.array(labels), folder.name, [d.name for d in class_dirs], files)
+    return x, np.array(labels, dtype=np.int64), files
+
+
+def load_image_folder(folder: Path, split: str, seed: int) -> Dataset:
+    """One sub-folder per class (sorted names), split by seed; or ``train/`` and ``val/`` each holding them.
+
+    All images must share one size (nothing is resized). Greyscale images load as one
+    channel when every image is greyscale, else as RGB with the grey value in each channel;
+    16-bit greyscale keeps its full range.
+    """
+    layout = _split_dirs(folder)
+    if layout is not None:
+        names = sorted({d.name for part in layout for d in _class_dirs(part)})
+        parts = {"train": [layout[0]], "test": [layout[1]], "all": list(layout)}.get(split)
+        if parts is None:
+            raise AdvkitError(f"--split must be train, test or all; got {split!r}")
+        read = [_read_images(_class_dirs(part), names) for part in parts]
+        if len({r[0].shape[1:] for r in read}) > 1:
+            raise AdvkitError(f"{folder}: train and val images differ in size or channels")
+        if len({r[0].dtype for r in read}) > 1:  # one part 8-bit, the other 16-bit grey
+            read = [(r[0].astype(np.float32) / 255.0 if r[0].dtype == np.uint8 else r[0], *r[1:]) for r in read]
+        x = np.concatenate([r[0] for r in read])
+        y = np.concatenate([r[1] for r in read])
+        files = [f for r in read for f in r[2]]
+        return from_arrays(x, y, f"{folder.name}:{split}", names, files)
+    class_dirs = _class_dirs(folder)
+    if not class_dirs:
+        raise AdvkitError(f"{folder}: not a known dataset layout (no IDX, CIFAR or class sub-folders)")
+    names = [d.name for d in class_dirs]
+    x, y, files = _read_images(class_dirs, names)
+    data = from_arrays(x, y, folder.name, names, files)
     return seeded_split(data, split, seed)

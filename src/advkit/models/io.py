@@ -25,7 +25,7 @@ from torch import nn
 
 from advkit.core import ModelHandle, ModelInfo
 from advkit.errors import AdvkitError
-from advkit.fileio import atomic_path, read_json
+from advkit.fileio import atomic_path, parse_json, read_json
 from advkit.models.architectures import ARCHITECTURES, build
 
 META_KEY = "advkit"
@@ -34,9 +34,11 @@ INFO_FIELDS = {f for f in ModelInfo.__dataclass_fields__}
 
 def info_from_dict(raw: dict[str, Any], where: str) -> ModelInfo:
     """Validate metadata read from a file into a :class:`ModelInfo`."""
+    if not isinstance(raw, dict):
+        raise AdvkitError(f"{where}: metadata must be a JSON object of keys (input_shape, num_classes, arch, ...); got {type(raw).__name__}")
     unknown = set(raw) - INFO_FIELDS
     if unknown:
-        raise AdvkitError(f"{where}: unknown metadata key(s) {sorted(unknown)}")
+        raise AdvkitError(f"{where}: unknown metadata key(s) {sorted(unknown, key=str)}")
     try:
         shape = tuple(int(v) for v in raw["input_shape"])
         if len(shape) != 3:
@@ -54,8 +56,10 @@ def info_from_dict(raw: dict[str, Any], where: str) -> ModelInfo:
         )
     except KeyError as exc:
         raise AdvkitError(f"{where}: metadata lacks {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
         raise AdvkitError(f"{where}: bad metadata ({exc})") from None
+    if min(info.input_shape) < 1:
+        raise AdvkitError(f"{where}: metadata input_shape {list(info.input_shape)} has an empty dimension")
     if info.num_classes < 2:
         raise AdvkitError(f"{where}: a classifier needs at least 2 classes; metadata says {info.num_classes}")
     return info
@@ -100,9 +104,10 @@ def _load_state(net: nn.Module, state: dict[str, Any], where: str) -> None:
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
-        detail = " ".join(str(exc).split())[:300]
-        raise AdvkitError(f"{where}: weights do not fit the architecture ({first} {detail})") from None
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc) or "mismatch"]
+        detail = " ".join(" ".join(lines).split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise AdvkitError(f"{where}: weights do not fit the architecture in the metadata ({detail})") from None
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -113,19 +118,80 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def error_summary(exc: BaseException) -> str:
+    """The line of a model's exception that says what went wrong, on one line.
+
+    TorchScript pastes its interpreter traceback into the message; the cause is the last
+    ``SomeError: ...`` line, which is what the user needs (e.g. a shape mismatch).
+    """
+    text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        for line in reversed(lines):
+            found = re.match(r"^[\w.]*(?:Error|Exception):\s*(.+)$", line)
+            if found:
+                return found.group(1)[:300]
+    summary = " ".join(text.split())
+    return (summary[:297] + "...") if len(summary) > 300 else summary or type(exc).__name__
+
+
+def _first_layer_hint(net: nn.Module, given: tuple[int, ...]) -> str:
+    """What the first weighted layer takes (channels or values per image), when that says more."""
+    for module in net.modules():
+        kind = getattr(module, "original_name", type(module).__name__)
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        if kind == "Conv2d" and weight.dim() == 4:
+            groups = int(getattr(module, "groups", 1) or 1)
+            channels = int(weight.shape[1]) * groups
+            return f"; its first layer (Conv2d) takes {channels}-channel images, the data has {given[0]}" if channels != given[0] else ""
+        if kind == "Linear" and weight.dim() == 2:
+            values = int(weight.shape[1])
+            if values == int(torch.Size(given).numel()):
+                return ""
+            guess = next((f", e.g. [{c}, {int(round((values / c) ** 0.5))}, {int(round((values / c) ** 0.5))}]" for c in (1, 3) if values % c == 0 and round((values / c) ** 0.5) ** 2 * c == values), "")
+            return f"; its first layer (Linear) takes {values} values per image{guess}, the data has {int(torch.Size(given).numel())}"
+        return ""
+    return ""
+
+
+def _probe(net: nn.Module, shape: tuple[int, int, int], where: str, source: str) -> torch.Tensor:
+    """Run the model once on a batch of two zero images; one line when it refuses them."""
+    try:
+        with torch.inference_mode():
+            return net.eval()(torch.zeros(2, *shape))
+    except Exception as exc:  # the user's model rejected the shape; torch raises many types
+        raise AdvkitError(
+            f"{where}: the model does not accept {source} of shape {list(shape)}{_first_layer_hint(net, shape)} ({error_summary(exc)})"
+        ) from None
+
+
 def _infer_info(net: nn.Module, sample_shape: tuple[int, int, int] | None, where: str) -> ModelInfo:
     if sample_shape is None:
         raise AdvkitError(f"{where}: no metadata; give the data (or a sidecar {Path(where).name}.json) so the input shape is known")
-    try:
-        with torch.inference_mode():
-            out = net.eval()(torch.zeros(1, *sample_shape))
-    except Exception as exc:  # the user's model rejected the data's shape
-        raise AdvkitError(
-            f"{where}: the model rejects inputs of shape {list(sample_shape)} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
-        ) from None
+    out = _probe(net, sample_shape, where, "the data's images")
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < 2:
-        raise AdvkitError(f"{where}: the model must return [N, classes] scores; got {getattr(out, 'shape', type(out))}")
+        raise AdvkitError(f"{where}: the model must return [N, classes] scores; got {list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
     return ModelInfo(input_shape=sample_shape, num_classes=int(out.shape[1]))
+
+
+def _info_for_foreign(net: nn.Module, sidecar: dict[str, Any] | None, declared: tuple[int, int, int] | None, sample_shape: tuple[int, int, int] | None, where: str) -> ModelInfo:
+    """Metadata of a TorchScript or ONNX model: its sidecar, else its declared input shape, else the data's."""
+    if sidecar is not None:
+        info = info_from_dict(sidecar, where)
+        out = _probe(net, info.input_shape, where, "inputs of its metadata's input_shape")
+    elif declared is not None:
+        out = _probe(net, declared, where, "inputs of its declared shape")
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < 2:
+            raise AdvkitError(f"{where}: the model must return [N, classes] scores; got {list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        return ModelInfo(input_shape=declared, num_classes=int(out.shape[1]))
+    else:
+        return _infer_info(net, sample_shape, where)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise AdvkitError(f"{where}: the model returns {got} for 2 images; its metadata says [2, {info.num_classes}] scores")
+    return info
 
 
 def load_model(
@@ -157,7 +223,7 @@ def load_model(
                 header = handle.metadata() or {}
         except (SafetensorError, OSError, ValueError) as exc:
             raise AdvkitError(f"{where}: not a valid safetensors file ({exc}); truncated?") from None
-        raw = json.loads(header[META_KEY]) if META_KEY in header else sidecar
+        raw = parse_json(header[META_KEY], f"{where}: the advkit metadata in its header") if META_KEY in header else sidecar
         if raw is None:
             raise AdvkitError(f"{where}: no advkit metadata in the header and no sidecar {path.name}.json")
         return _handle_from_weights(state, raw, where, device)
@@ -169,8 +235,8 @@ def load_model(
                 warnings.simplefilter("ignore", DeprecationWarning)
                 net = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # torch raises several types for a bad archive
-            raise AdvkitError(f"{where}: not a loadable TorchScript archive ({' '.join(str(exc).split())[:200]})") from None
-        info = info_from_dict(sidecar, where) if sidecar else _infer_info(net, sample_shape, where)
+            raise AdvkitError(f"{where}: not a loadable TorchScript archive ({error_summary(exc)[:200]})") from None
+        info = _info_for_foreign(net, sidecar, None, sample_shape, where)
         return ModelHandle(net.eval(), info, device=device or "cpu")
     return _load_checkpoint(path, sidecar, device)
 
@@ -199,8 +265,10 @@ def _load_checkpoint(path: Path, sidecar: dict[str, Any] | None, device: str | N
         raise AdvkitError(
             f"{where}: refused: the checkpoint contains pickled Python objects{named}; only plain weights load"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise AdvkitError(f"{where}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())[:200]}); truncated?") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, KeyError... for a non-checkpoint
+        raise AdvkitError(
+            f"{where}: not a readable PyTorch checkpoint ({type(exc).__name__}: {error_summary(exc)[:200]}); truncated or another format?"
+        ) from None
     if not isinstance(obj, dict):
         raise AdvkitError(f"{where}: expected a state dict, found {type(obj).__name__}")
     raw: dict[str, Any] | None = sidecar
@@ -208,7 +276,7 @@ def _load_checkpoint(path: Path, sidecar: dict[str, Any] | None, device: str | N
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         state = obj["state_dict"]
         if isinstance(obj.get(META_KEY), str):
-            raw = json.loads(obj[META_KEY])
+            raw = parse_json(obj[META_KEY], f"{where}: the advkit metadata in the checkpoint")
     if raw is None:
         raise AdvkitError(f"{where}: a plain state dict needs a sidecar {path.name}.json naming arch, input_shape, num_classes")
     return _handle_from_weights(state, raw, where, device)
@@ -234,11 +302,29 @@ def _load_onnx(path: Path, sidecar: dict[str, Any] | None, sample_shape: tuple[i
         ) from None
     try:
         model = onnx.load(str(path))
-        net = convert(model)
     except Exception as exc:  # onnx raises its own and protobuf errors
-        raise AdvkitError(f"{where}: not a convertible ONNX model ({' '.join(str(exc).split())[:200]})") from None
-    info = info_from_dict(sidecar, where) if sidecar else _infer_info(net, sample_shape, where)
+        raise AdvkitError(f"{where}: not an ONNX model ({error_summary(exc)[:200]})") from None
+    declared = _onnx_input_shape(model)
+    if declared is not None and sample_shape is not None and sidecar is None and tuple(declared) != tuple(sample_shape):
+        raise AdvkitError(f"{where}: the ONNX graph takes images of shape {list(declared)}; the data's images are {list(sample_shape)}")
+    try:
+        net = convert(model)
+    except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... for what it cannot map
+        raise AdvkitError(f"{where}: not a convertible ONNX model ({error_summary(exc)[:200]})") from None
+    info = _info_for_foreign(net, sidecar, declared, sample_shape, where)
     return ModelHandle(net.eval(), info, device=device or "cpu")
+
+
+def _onnx_input_shape(model: Any) -> tuple[int, int, int] | None:
+    """``[C, H, W]`` of an ONNX graph's one image input when its dimensions are fixed numbers."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1 or not inputs[0].type.HasField("tensor_type"):
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:]):
+        return None
+    return tuple(int(d.dim_value) for d in dims[1:])  # type: ignore[return-value]
 
 
 def _import_onnx2torch():  # noqa: ANN202 - returns onnx2torch.convert
