@@ -34,4 +34,4 @@ bench: venv
 	$(PY) benchmarks/bench_evasion.py --json bench-results/evasion.json
 
 clean:
-	rm -rf $(VENV) bench-results .pytest_cache
+	rm -rf $(VENV) bench-results .pytest_cache .pytest-advkit-cache

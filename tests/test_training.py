@@ -26,6 +26,21 @@ def test_fast_fgsm_training_raises_robust_accuracy(digits_model, digits_train, d
     assert hardened.clean_accuracy >= base.clean_accuracy - 0.03
 
 
+def test_trades_raises_robust_accuracy(digits_model, digits_train, digits_test):
+    """TRADES (Zhang et al. 2019), 3 inner KL steps instead of 10 to stay fast: PGD-eps=0.2 accuracy
+    from ~2% (standard training) to ~30% in 5 epochs, clean accuracy within 5 points."""
+    from advkit.defenses.adversarial_training import TRADESTraining
+
+    threat = Threat(eps=0.2)
+    base = PGD(threat)(digits_model, digits_test.x, digits_test.y)
+    net = build("digits-cnn", in_channels=1, num_classes=10, image_size=8, seed=0)
+    robust = ModelHandle(net, ModelInfo(input_shape=(1, 8, 8), num_classes=10))
+    fit(robust.network, digits_train.x, digits_train.y, TrainConfig(epochs=5, lr=2e-3), TRADESTraining(eps=0.2, steps=3))
+    hardened = PGD(threat)(robust, digits_test.x, digits_test.y)
+    assert hardened.adversarial_accuracy >= base.adversarial_accuracy + 0.2
+    assert hardened.clean_accuracy >= base.clean_accuracy - 0.05
+
+
 def test_training_is_reproducible(digits_train):
     small = digits_train.subset(slice(0, 200))
     a, b = (_train("adv-fast", small, epochs=2) for _ in range(2))

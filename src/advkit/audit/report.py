@@ -395,6 +395,7 @@ def percent(value: float | None) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """A Markdown summary for a model card: findings and the evasion table."""
+    report = shareable(report)
     lines = [f"# advkit audit: {report['config']['model']} on {report['config']['data']}", "", "## Findings", ""]
     for f in report["findings"]:
         atlas = ", ".join(a["id"] for a in f["atlas"])

