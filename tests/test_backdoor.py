@@ -153,6 +153,47 @@ def test_pruning_zeroes_feature_neurons_and_keeps_to_its_accuracy_budget(digits_
         NeuronPruning(rounds=0)
 
 
+def test_conv_pruning_on_a_residual_batchnorm_model_uses_the_main_path():
+    """ResNet blocks register (and run) the shortcut's 1x1 conv after the main path; the
+    'conv' neurons are the main path's last channels after their BatchNorm."""
+    from advkit.defenses.backdoor.mitigation import neuron_activations, switch_off
+    from advkit.defenses.backdoor.neural_cleanse import ReversedTrigger
+
+    net = build("resnet8", in_channels=1, num_classes=10, image_size=8, seed=0)
+    last = net.blocks[-1]
+    assert isinstance(last.shortcut[0], torch.nn.Conv2d)  # the trap: the last Conv2d registered
+    assert neuron_layer(net, "conv") is last.bn2
+    handle = ModelHandle(net.eval(), ModelInfo((1, 8, 8), 10))
+    x = load_dataset("digits", "test").x[:64]
+    before = neuron_activations(handle, x, "conv")
+    assert before.shape == (64, 64)
+    seen: list[torch.Tensor] = []
+    hook = last.bn2.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    undo = switch_off(last.bn2, [0, 5], "conv")
+    handle.predict_logits(x)
+    assert float(seen[-1][:, [0, 5]].abs().max()) == 0.0 and float(seen[-1][:, 1].abs().max()) > 0  # channels off, others on
+    undo()
+    hook.remove()
+    assert torch.allclose(neuron_activations(handle, x, "conv"), before)
+    y = handle.predict(x)
+    mask = torch.zeros(1, 8, 8)
+    mask[:, 5:, 5:] = 1
+    trigger = ReversedTrigger(target=int(y[0]), mask=mask, pattern=torch.ones(1, 8, 8), l1=9.0, success=1.0)
+    result = NeuronPruning(layer="conv", success_threshold=0.0, max_accuracy_drop=1.0, rounds=8, max_fraction=0.25)(handle, trigger, x, y)
+    off = (result.model.net.blocks[-1].bn2.weight == 0) & (result.model.net.blocks[-1].bn2.bias == 0)
+    assert int(off.sum()) == result.details["pruned_neurons"] == 16
+    assert not bool((result.model.net.blocks[-1].shortcut[0].weight == 0).all(1).any())  # the shortcut is untouched
+
+
+def test_blend_alpha_defaults_to_chen_et_al():
+    from advkit.audit.config import TriggerConfig
+
+    assert BlendTrigger().alpha == 0.2 == Blend().trigger.alpha == TriggerConfig().alpha
+    blended = BlendTrigger().apply(torch.zeros(1, 1, 4, 4))
+    pattern = BlendTrigger().mask_and_pattern((1, 4, 4))[1]
+    assert torch.allclose(blended[0], 0.2 * pattern)
+
+
 def test_anomaly_index_uses_the_normal_consistency_constant():
     norms = np.array([10.0, 11.0, 12.0, 9.0, 10.5, 2.0])
     index = anomaly_indices(norms)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import torch.nn.functional as F
 
 from advkit.attacks.evasion import FGSM
@@ -62,3 +63,34 @@ def test_steal_cli_json_keys(tmp_path):
     with pytest.raises(SystemExit) as bad:
         main(["steal", "papernot", "--seed-size", "100000"])
     assert bad.value.code == 2
+
+
+def test_transfer_crafts_on_every_row(digits_model, digits_test, digits_train):
+    """Rows the substitute already gets wrong are perturbed too, so transfer can only go up."""
+    from advkit.core import ModelHandle
+    from advkit.models import TrainConfig, build, fit
+
+    net = build("digits-cnn", in_channels=1, num_classes=10, image_size=8, seed=3)
+    substitute = ModelHandle(net, digits_model.info)
+    fit(substitute.network, digits_train.x[:150], digits_train.y[:150], TrainConfig(epochs=3, lr=2e-3, seed=0))
+    x, y = digits_test.x, digits_test.y
+    wrong = substitute.predict(x).cpu() != y
+    assert int(wrong.sum()) >= 20  # a weak substitute: plenty of rows it misclassifies
+    fgsm = FGSM(Threat(eps=0.2))
+    every = fgsm.on_every_row()(substitute, x, y)
+    assert bool(((every.x_adv - x).abs().flatten(1).amax(1) > 0)[wrong].all())  # crafted on every row
+    old = fgsm(substitute, x, y)  # the old computation: clean inputs kept where the substitute errs
+    assert torch.equal(old.x_adv[wrong], x[wrong])
+    victim_right = digits_model.predict(x).cpu() == y
+    old_rate = float((digits_model.predict(old.x_adv).cpu() != y)[victim_right].float().mean())
+    moved = transfer_success(substitute, digits_model, fgsm, x, y)
+    assert moved["transfer_success_rate"] >= old_rate
+    assert moved["transfer_success_rate"] > old_rate  # the misclassified rows add real transfer
+    assert fgsm.keep_clean_successes  # the caller's attack is untouched
+
+
+def test_thieves_query_through_a_budgeted_view(digits_model, digits_test):
+    stolen = Knockoff(arch="digits-cnn", epochs=1, max_queries=120)(digits_model, digits_test.x)
+    assert stolen.queries == 120
+    stolen = PapernotSubstitute(arch="digits-cnn", rounds=3, epochs=1, max_queries=250)(digits_model, digits_test.x[:100])
+    assert stolen.queries == 250 and stolen.history[-1]["points"] == 250

@@ -426,7 +426,7 @@ def poison(
     position: Annotated[str, typer.Option("--position", help="bottom-right|bottom-left|top-right|top-left|center|ROW,COL")] = "bottom-right",
     pattern: Annotated[str, typer.Option("--pattern", help="checkerboard|solid|random (badnets)")] = "checkerboard",
     values: Annotated[str | None, typer.Option("--values", help="per-channel value of the patch, comma separated")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", help="blend weight (blend)")] = 0.1,
+    alpha: Annotated[float, typer.Option("--alpha", help="blend weight (blend; Chen et al. 2017 use 0.2)")] = 0.2,
     eps: Annotated[float, typer.Option("--eps", help="Linf budget of each poison (pacd)")] = 0.2,
     method: Annotated[str, typer.Option("--method", help="victim's certified training: gaussian|smoothadv|macer (pacd)")] = "gaussian",
     sigma: Annotated[float, typer.Option("--sigma", help="victim's smoothing noise (pacd)")] = 0.25,

@@ -17,3 +17,7 @@ class AdvkitError(Exception):
 
 class KnowledgeError(AdvkitError):
     """An attack asked the model for more than its threat model's knowledge allows."""
+
+
+class QueryBudgetExceeded(AdvkitError):
+    """An attack asked a model view for more queries than its budget leaves."""

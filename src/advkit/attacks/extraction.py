@@ -16,8 +16,10 @@
   its labels.
 
 Both see the victim only through a :class:`~advkit.core.ModelView` of the knowledge they
-need and report the exact number of queries. :func:`steal_report` measures agreement on
-held-out rows and the success on the victim of attacks crafted on the substitute.
+need, holding their whole budget (``max_queries``: the view refuses any query past it),
+and report the view's count. :func:`agreement` measures agreement on held-out rows and
+:func:`transfer_success` the success on the victim of attacks crafted on the substitute
+for every row.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit.core import ModelHandle, ModelInfo
+from advkit.core import ModelHandle, ModelInfo, ModelView
 from advkit.errors import AdvkitError
 from advkit.models import TrainConfig, build, fit
 from advkit.registry import register
@@ -65,13 +67,15 @@ def _substitute(arch: str, info: ModelInfo, generator: torch.Generator) -> Model
     return ModelHandle(net, ModelInfo(info.input_shape, info.num_classes, bounds=info.bounds, arch=arch))
 
 
-def _query(oracle: Any, victim: ModelHandle, x: Tensor, scores: bool) -> Tensor:
-    """The victim's answers for ``x`` in batches of 512: probability vectors or labels."""
+def _query(oracle: ModelView, victim: ModelHandle, x: Tensor, scores: bool) -> Tensor:
+    """The victim's answers for ``x`` through its view, in batches of 512: probabilities or labels."""
     out = []
     with victim.eval_mode():
         for first in range(0, x.shape[0], 512):
             batch = victim.to_device(x[first : first + 512])
             out.append((oracle.probs(batch) if scores else oracle.labels(batch)).cpu())
+    if not out:
+        return torch.empty((0, victim.num_classes) if scores else (0,), dtype=torch.float32 if scores else torch.long)
     return torch.cat(out)
 
 
@@ -107,12 +111,12 @@ class PapernotSubstitute:
 
     def __call__(self, victim: ModelHandle, seed_x: Tensor, *, generator: torch.Generator | None = None) -> StolenModel:
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        oracle = victim.view("label")
+        oracle = victim.view("label", max_total=self.max_queries)
         lo, hi = victim.bounds
         substitute = _substitute(self.arch, victim.info, generator)
-        budget = self.max_queries if self.max_queries is not None else float("inf")
-        if seed_x.shape[0] > budget:
-            seed_x = seed_x[: int(budget)]
+        room = oracle.total_left()
+        if room is not None and seed_x.shape[0] > room:
+            seed_x = seed_x[:room]
         data = seed_x.clone()
         labels = _query(oracle, victim, data, scores=False)
         history = []
@@ -120,7 +124,8 @@ class PapernotSubstitute:
             fit(substitute.network, data, labels, TrainConfig(epochs=self.epochs, lr=self.lr, seed=rho, batch_size=64))
             agreement_on_set = float((substitute.predict(data) == labels).float().mean())
             history.append({"round": rho, "points": int(data.shape[0]), "queries": oracle.queries, "fit": agreement_on_set})
-            if rho == self.rounds - 1 or oracle.queries >= budget:
+            room = oracle.total_left()
+            if rho == self.rounds - 1 or room == 0:
                 break
             parents = data
             if self.reservoir is not None and rho >= self.sigma and parents.shape[0] > self.reservoir:
@@ -128,9 +133,8 @@ class PapernotSubstitute:
                 parents, parent_labels = parents[keep], labels[keep]
             else:
                 parent_labels = labels
-            room = budget - oracle.queries
-            if room < parents.shape[0]:
-                parents, parent_labels = parents[: int(room)], parent_labels[: int(room)]
+            if room is not None and room < parents.shape[0]:
+                parents, parent_labels = parents[:room], parent_labels[:room]
             lam = self.step * (-1) ** (rho // self.tau)
             fresh = (parents + lam * self._jacobian_sign(substitute, parents, parent_labels)).clamp(lo, hi)
             data = torch.cat([data, fresh])
@@ -177,7 +181,7 @@ class Knockoff:
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         if self.max_queries is not None:
             transfer_x = transfer_x[torch.randperm(transfer_x.shape[0], generator=generator)[: self.max_queries]]
-        oracle = victim.view("score" if self.soft else "label")
+        oracle = victim.view("score" if self.soft else "label", max_total=self.max_queries)
         answers = _query(oracle, victim, transfer_x, scores=self.soft)
         substitute = _substitute(self.arch, victim.info, generator)
         config = TrainConfig(epochs=self.epochs, lr=self.lr, seed=0, batch_size=64)
@@ -193,9 +197,16 @@ def agreement(a: ModelHandle, b: ModelHandle, x: Tensor) -> float:
     return float((a.predict(x).cpu() == b.predict(x).cpu()).float().mean())
 
 
-def transfer_success(substitute: ModelHandle, victim: ModelHandle, attack: Any, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
-    """Craft on the substitute (white box), replay on the victim: success over rows the victim gets right."""
-    crafted = attack(substitute, x, y, generator=generator)
+def transfer_success(substitute: ModelHandle, victim: ModelHandle, attack: Any, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> dict[str, float | None]:
+    """Craft on the substitute (white box) for every row, replay on the victim; success over
+    the rows the victim gets right.
+
+    Every row is perturbed (:meth:`~advkit.attacks.evasion.base.EvasionAttack.on_every_row`):
+    a row the substitute already misclassifies is crafted too, instead of being answered
+    with its clean input (which the victim may classify right, under-reporting transfer).
+    """
+    crafter = attack.on_every_row() if hasattr(attack, "on_every_row") else attack
+    crafted = crafter(substitute, x, y, generator=generator)
     victim_clean = victim.predict(x).cpu() == y.cpu()
     fooled = victim.predict(crafted.x_adv).cpu() != y.cpu()
     rate = float((fooled & victim_clean).float().sum() / victim_clean.float().sum().clamp_min(1))

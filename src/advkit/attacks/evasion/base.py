@@ -1,20 +1,29 @@
-"""The evasion-attack base class: validate, run, project, verify (DESIGN.md principle 3).
+"""The evasion-attack base class: validate, run, project, verify (DESIGN.md principles 2, 3).
 
 An attack object holds only its settings; the model comes at call time. The base class
-checks the inputs, hands the algorithm a query-counting view limited to the attack's
-knowledge, projects whatever comes back into the budget and the bounds, keeps the clean
-input for rows where it already reaches the goal (each row counts its worst case), and
-re-checks success on the model itself. No attack can report a success it did not reach.
-Design after foolbox 3 (Rauber et al., JOSS 2020).
+checks the inputs, hands the algorithm a view limited to the attack's knowledge — and,
+for black-box attacks, holding the per-row query budget and counting every query per
+original row — plus only the clean information that knowledge allows (logits with a
+graph for white-box attacks, probabilities for score attacks, labels for label-only
+ones). It then settles each row's answer: a non-finite candidate falls back to the clean
+input; a candidate the final projection moves, or one the attack never queried, is
+queried through the view when the row's budget allows and otherwise falls back to the
+best goal-reaching point the attack did query (else the clean input). Rows where the
+clean input already reaches the goal keep it (each row counts its worst case), unless
+``keep_clean_successes`` is off (transfer attacks craft on every row). Success is
+re-checked on the model itself and query counts come from the view, so no attack can
+report a success it did not reach or a query count it did not pay. Design after foolbox
+3 (Rauber et al., JOSS 2020).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -36,10 +45,41 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class CleanForward:
-    """The base class's forward pass on a clean batch: inputs and logits (maybe with a graph)."""
+    """White-box attacks' clean information: the base class's forward pass (inputs with a
+    graph, and their logits), reusable for a first gradient step."""
 
     x: Tensor
     logits: Tensor
+
+
+@dataclass
+class CleanScores:
+    """Score attacks' clean information: class probabilities and top-1 labels, no logits."""
+
+    x: Tensor
+    probs: Tensor
+    labels: Tensor
+
+
+@dataclass
+class CleanLabels:
+    """Label-only attacks' clean information: top-1 labels only."""
+
+    x: Tensor
+    labels: Tensor
+
+
+Clean = Union[CleanForward, CleanScores, CleanLabels]
+
+
+def clean_info(x: Tensor, logits: Tensor, knowledge: str) -> Clean:
+    """What an attacker of ``knowledge`` may know about the clean batch (no graph below white)."""
+    if knowledge == "white":
+        return CleanForward(x, logits)
+    labels = logits.detach().argmax(1)
+    if knowledge == "score":
+        return CleanScores(x, torch.softmax(logits.detach(), 1), labels)
+    return CleanLabels(x, labels)
 
 
 def project(x_adv: Tensor, x: Tensor, threat: Threat) -> Tensor:
@@ -73,17 +113,102 @@ def goal_reached(logits: Tensor, y: Tensor, target: Tensor | None, threat: Threa
     return logits.argmax(1) != y
 
 
+_HASH_PRIME = 2**61 - 1
+
+
+class QueryLog:
+    """Every point a black-box attack queried on one batch, as its view reports them.
+
+    The base class's observer on the attack's view (the attack never sees it). It keeps an
+    exact fingerprint of each queried point per original row (an integer hash of the float
+    bits, so "was this candidate queried?" has a definite answer) and, per row, the
+    goal-reaching point inside the threat with the smallest perturbation (``best``), the
+    fallback for a row whose own answer cannot be used.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, target: Tensor | None, threat: Threat) -> None:
+        self.x, self.y, self.target, self.threat = x, y, target, threat
+        gen = torch.Generator().manual_seed(0x5EED)
+        self._key = torch.randint(1, 4096, (x[0].numel(),), generator=gen, dtype=torch.long).to(x.device)
+        self._rows: list[Tensor] = []
+        self._prints: list[Tensor] = []
+        self.best = x.clone()
+        self.best_norm = torch.full((x.shape[0],), float("inf"), device=x.device)
+
+    def fingerprint(self, points: Tensor) -> Tensor:
+        """An exact per-point hash of the float32 bits: equal points, equal hashes."""
+        flat = points.detach().to(self.x.device, torch.float32).contiguous().view(points.shape[0], -1)
+        out = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
+        rows_per_chunk = max(1, 2**22 // max(flat.shape[1], 1))
+        for first in range(0, flat.shape[0], rows_per_chunk):
+            bits = flat[first : first + rows_per_chunk].view(torch.int32).to(torch.long) + 2**31  # in [0, 2^32)
+            acc = torch.zeros(bits.shape[0], dtype=torch.long, device=flat.device)
+            for col in range(0, bits.shape[1], 2**18):  # 2^18 terms of < 2^44 each stay below 2^62
+                part = (bits[:, col : col + 2**18] * self._key[col : col + 2**18]).sum(1)
+                acc = (acc + part % _HASH_PRIME) % _HASH_PRIME
+            out[first : first + rows_per_chunk] = acc
+        return out
+
+    def inside(self, points: Tensor, x: Tensor) -> Tensor:
+        """Per point: does the threat's projection leave it where it is (up to float noise)?"""
+        assert self.threat.bounds is not None
+        lo, hi = self.threat.bounds
+        return (project(points, x, self.threat) - points).abs().flatten(1).amax(1) <= 1e-6 * (hi - lo)
+
+    def __call__(self, points: Tensor, logits: Tensor, rows: Tensor) -> None:
+        rows = rows.to(self.x.device)
+        self._rows.append(rows)
+        self._prints.append(self.fingerprint(points))
+        target = None if self.target is None else self.target[rows]
+        reached = goal_reached(logits.to(self.x.device), self.y[rows], target, self.threat)
+        idx = reached.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return
+        p, r = points[idx].to(self.x.device, self.x.dtype), rows[idx]
+        origin = self.x[r]
+        norms = perturbation_norms(p - origin, self.threat.norm).float()
+        norms = torch.where(self.inside(p, origin) & torch.isfinite(p).flatten(1).all(1), norms, torch.full_like(norms, float("inf")))
+        lowest = torch.full_like(self.best_norm, float("inf")).scatter_reduce(0, r, norms, "amin")
+        improves = lowest < self.best_norm
+        pick = improves[r] & (norms == lowest[r])
+        # one point per row (duplicate indices in an assignment could mix several points)
+        first = torch.full((self.x.shape[0],), r.numel(), dtype=torch.long, device=r.device)
+        first = first.scatter_reduce(0, r[pick], pick.nonzero().squeeze(1), "amin")
+        rows_won = improves.nonzero().squeeze(1)
+        self.best[rows_won] = p[first[rows_won]]
+        self.best_norm = torch.where(improves, lowest, self.best_norm)
+
+    def queried(self, points: Tensor) -> Tensor:
+        """Per row ``i``: was ``points[i]`` itself queried for row ``i``?"""
+        out = torch.zeros(points.shape[0], dtype=torch.bool, device=self.x.device)
+        if not self._rows:
+            return out
+        rows, prints = torch.cat(self._rows), torch.cat(self._prints)
+        wanted = self.fingerprint(points)
+        out[rows[prints == wanted[rows]]] = True
+        return out
+
+    @property
+    def has_best(self) -> Tensor:
+        return torch.isfinite(self.best_norm)
+
+
 class EvasionAttack(ABC):
     """Base of every test-time attack: ``attack(model, x, y, target=, generator=)``.
 
     Subclasses set ``name``, ``knowledge`` (what the algorithm needs), ``norms`` and
-    ``goals`` they support, and implement :meth:`run` on one batch through a view.
+    ``goals`` they support, and implement :meth:`run` on one batch through a view. A
+    black-box attack's ``max_queries`` (see :meth:`query_budget`) becomes its view's
+    per-row budget. ``keep_clean_successes`` (default on): a row whose clean input already
+    reaches the goal answers with it; :meth:`on_every_row` gives a copy that answers with
+    its own candidate on every row.
     """
 
     name: ClassVar[str]
     knowledge: ClassVar[str] = "white"
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     goals: ClassVar[tuple[str, ...]] = ("untargeted", "targeted", "confidence")
+    keep_clean_successes: bool = True
 
     def __init__(self, threat: Threat | None = None, *, batch_size: int = 500) -> None:
         threat = threat or Threat()
@@ -104,6 +229,22 @@ class EvasionAttack(ABC):
         """The attack's settings, as recorded in results."""
         return {}
 
+    def params_for(self, threat: Threat) -> dict[str, Any]:
+        """The settings as they apply to ``threat`` with its bounds resolved (default: :meth:`params`)."""
+        return self.params()
+
+    def query_budget(self) -> int | None:
+        """Queries allowed per row (``max_queries`` of black-box attacks); ``None``: no budget."""
+        budget = getattr(self, "max_queries", None)
+        return None if self.knowledge == "white" or budget is None else int(budget)
+
+    def on_every_row(self) -> EvasionAttack:
+        """A copy that answers with its own (verified) candidate on every row, even where
+        the clean input already reaches the goal: a transfer attack crafts on every row."""
+        twin = copy.copy(self)
+        twin.keep_clean_successes = False
+        return twin
+
     @abstractmethod
     def run(
         self,
@@ -113,22 +254,24 @@ class EvasionAttack(ABC):
         target: Tensor | None,
         threat: Threat,
         generator: torch.Generator,
-        clean: CleanForward,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Attack one batch; return candidate adversarial inputs and per-row queries (or None).
+        clean: Clean,
+    ) -> Tensor | tuple[Tensor, Any]:
+        """Attack one batch; return candidate adversarial inputs, one per row.
 
-        ``clean`` holds the base class's own forward pass on the clean batch; for
-        white-box attacks it is differentiable, so a first gradient step can reuse it
-        instead of paying for the same forward pass twice.
+        ``model`` is the view: a black-box attack passes ``rows=`` (the batch row each
+        queried point belongs to) with each query and stops querying a row once
+        ``model.budget_left(rows)`` is spent; the view counts and enforces. Return points
+        the attack queried (the base class queries any other, budget permitting). ``clean``
+        is what the attack's knowledge allows about the clean batch: :class:`CleanForward`
+        (white-box: a differentiable forward pass a first gradient step can reuse),
+        :class:`CleanScores` or :class:`CleanLabels`. A ``(candidates, anything)`` tuple is
+        accepted too; its second element is ignored (the counts are the view's).
         """
 
     def clean_forward(self, handle: ModelHandle, x: Tensor) -> CleanForward:
-        """The verified forward pass on a clean batch (with a graph for white-box attacks)."""
-        if self.knowledge == "white":
-            x_in = x.clone().requires_grad_(True)
-            return CleanForward(x_in, handle.logits(x_in))
-        with torch.inference_mode():
-            return CleanForward(x, handle.logits(x))
+        """The differentiable forward pass on a clean batch (white-box attacks)."""
+        x_in = x.clone().requires_grad_(True)
+        return CleanForward(x_in, handle.logits(x_in))
 
     def choose_targets(self, handle: ModelHandle, x: Tensor, y: Tensor, clean_logits: Tensor, generator: torch.Generator) -> Tensor:
         """Targets when the goal is targeted and none are given: a random other class."""
@@ -155,17 +298,24 @@ class EvasionAttack(ABC):
             raise AdvkitError(f"targets were given but the goal is {threat.goal}; use goal=targeted")
         if target is not None:
             target = handle.to_device(check_labels(target, x.shape[0], handle.num_classes, "targets"))
+        black_box = self.knowledge != "white"
         start = time.perf_counter()
         clean_logits = torch.empty(x.shape[0], handle.num_classes, device=x.device)
         targets = torch.empty_like(y) if threat.goal == "targeted" else None
         x_adv = torch.empty_like(x)
-        queries: Tensor | None = None
+        queries = torch.zeros(x.shape[0], dtype=torch.long) if black_box else None
         with handle.eval_mode():
             for first in range(0, x.shape[0], self.batch_size):
                 rows = slice(first, first + self.batch_size)
                 xb, yb = x[rows], y[rows]
-                clean_forward = self.clean_forward(handle, xb)
-                clean_logits[rows] = clean_forward.logits.detach()
+                if black_box:
+                    with torch.inference_mode():
+                        logits_b = handle.logits(xb)
+                    clean: Clean = clean_info(xb, logits_b, self.knowledge)
+                else:
+                    clean = self.clean_forward(handle, xb)
+                    logits_b = clean.logits.detach()
+                clean_logits[rows] = logits_b
                 tb = None
                 if targets is not None:
                     tb = target[rows] if target is not None else self.choose_targets(handle, xb, yb, clean_logits[rows], generator)
@@ -173,20 +323,25 @@ class EvasionAttack(ABC):
                         row = first + int((tb == yb).nonzero()[0])
                         raise AdvkitError(f"targets: row {row} targets its own true class {int(y[row])}")
                     targets[rows] = tb
-                view = handle.view(self.knowledge)  # type: ignore[arg-type]
-                candidate, q = self.run(view, xb, yb, tb, threat, generator, clean_forward)
-                x_adv[rows] = project(candidate.detach().to(x.device), xb, threat)
-                del clean_forward
-                if q is not None:
-                    queries = torch.zeros(x.shape[0], dtype=torch.long) if queries is None else queries
-                    queries[rows] = q.cpu()
+                log = QueryLog(xb, yb, tb, threat) if black_box else None
+                view = handle.view(
+                    self.knowledge,  # type: ignore[arg-type]
+                    self.query_budget(),
+                    rows=xb.shape[0] if black_box else None,
+                    observer=log,
+                )
+                out = self.run(view, xb, yb, tb, threat, generator, clean)
+                candidate = out[0] if isinstance(out, tuple) else out
+                del clean
+                x_adv[rows] = self._settle(handle, view, log, candidate, xb, yb, tb, threat)
+                if queries is not None:
+                    assert view.row_queries is not None
+                    queries[rows] = view.row_queries.cpu()
                 if progress is not None:
                     progress(self.name, min(first + self.batch_size, x.shape[0]), x.shape[0])
-            # Each row counts its worst case: the clean input is a candidate too.
             clean_success = goal_reached(clean_logits, y, targets, threat)
-            x_adv[clean_success] = x[clean_success]
-            if queries is not None:
-                queries[clean_success.cpu()] = 0
+            if self.keep_clean_successes:  # each row counts its worst case: the clean input is a candidate too
+                x_adv[clean_success] = x[clean_success]
             adv_logits = handle.predict_logits(x_adv, self.batch_size)
         seconds = time.perf_counter() - start
         success = goal_reached(adv_logits, y, targets, threat)
@@ -203,12 +358,50 @@ class EvasionAttack(ABC):
             num_classes=handle.num_classes,
             target=targets,
             queries=queries,
-            params=self.params(),
+            params=self.params_for(threat),
         )
         if threat.goal == "confidence":
             result.clean_true_prob = torch.softmax(clean_logits, 1).gather(1, y[:, None]).squeeze(1)
             result.adv_true_prob = torch.softmax(adv_logits, 1).gather(1, y[:, None]).squeeze(1)
         return result
+
+    def _settle(
+        self,
+        handle: ModelHandle,
+        view: ModelView,
+        log: QueryLog | None,
+        candidate: Tensor,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        threat: Threat,
+    ) -> Tensor:
+        """Each row's answer: finite, inside the threat and (black box) queried and counted."""
+        if not isinstance(candidate, Tensor) or tuple(candidate.shape) != tuple(x.shape):
+            got = list(candidate.shape) if isinstance(candidate, Tensor) else type(candidate).__name__
+            raise AdvkitError(f"{self.name} returned candidates of shape {got} for a batch of {list(x.shape)}")
+        candidate = candidate.detach().to(x.device, x.dtype)
+        finite = torch.isfinite(candidate).flatten(1).all(1)
+        candidate = torch.where(finite.view(-1, 1, 1, 1), candidate, x)  # a broken candidate: the clean input
+        projected = project(candidate, x, threat)
+        if log is None:
+            return projected
+        clean_rows = (candidate == x).flatten(1).all(1)
+        settled = clean_rows | (log.inside(candidate, x) & log.queried(candidate))
+        answer = torch.where(settled.view(-1, 1, 1, 1), candidate, projected)
+        open_rows = (~settled).nonzero().squeeze(1)
+        if open_rows.numel():
+            affordable = view.budget_left(open_rows) >= 1
+            ask = open_rows[affordable]
+            if ask.numel():
+                view.labels(answer[ask], rows=ask)  # counted, and seen by the log
+            stuck = open_rows[~affordable]
+            answer[stuck] = x[stuck]
+        with torch.inference_mode():
+            reached = goal_reached(handle.logits(answer), y, target, threat)
+        better = ~reached & log.has_best & finite  # a queried success beats an answer that misses the goal
+        answer[better] = log.best[better]
+        return answer
 
 
 def as_handle(model: ModelHandle | nn.Module) -> ModelHandle:

@@ -1,15 +1,20 @@
 """HopSkipJump: a label-only (decision-based) attack that walks along the boundary.
 
 Chen, Jordan & Wainwright, "HopSkipJumpAttack: A Query-Efficient Decision-Based Attack",
-IEEE S&P 2020. From a misclassified start (uniform noise), repeat: binary-search to the
+IEEE S&P 2020. From a start that reaches the goal, repeat: binary-search to the
 decision boundary, estimate the boundary's normal from the signs of ``B0 * sqrt(t)``
 random probes at radius ``delta`` (with the mean of the signs as baseline), step along
 it (geometric step-size search from ``dist / sqrt(t)``), and binary-search back towards
 the original. L2 uses the estimate itself, Linf its sign; the bisection tolerance is
 ``gamma / d^(3/2)`` (L2) or ``gamma / d^2`` (Linf) of the distance, as in the paper.
 
-Every row runs in lockstep inside a batch; a row stops once its next iteration could
-exceed ``max_queries`` (the budget is never overrun). The attack minimises the distance:
+The start: untargeted, uniform noise the model misclassifies (up to ``init_tries``
+draws); targeted, as in the paper and the reference code (Jianbo-Lab/HSJA), an image of
+the data the model classifies as the target: another row of the batch whose clean label
+is the target (known from the clean labels, no query), with uniform noise only for a row
+whose target no image of the batch carries. Every row runs in lockstep inside a batch;
+a row stops once its budget in the view cannot pay for its next iteration (the view
+refuses any query past it). The attack minimises the distance:
 give a threat with a large ``eps`` to read the distances it reaches from
 ``AttackResult.perturbation``, or a real budget to score success inside it.
 """
@@ -22,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advkit.attacks.evasion.base import CleanForward, EvasionAttack
+from advkit.attacks.evasion.base import Clean, EvasionAttack
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
 from advkit.metrics import perturbation_norms
@@ -75,43 +80,53 @@ class HopSkipJump(EvasionAttack):
         target: Tensor | None,
         threat: Threat,
         generator: torch.Generator,
-        clean: CleanForward,
-    ) -> tuple[Tensor, Tensor | None]:
+        clean: Clean,
+    ) -> Tensor:
         assert threat.bounds is not None
         lo, hi = threat.bounds
         n = x.shape[0]
         d = x[0].numel()
         theta = self.gamma / (d ** 1.5 if threat.norm == "l2" else d**2)
         bisection_steps = max(1, math.ceil(math.log2(1 / theta)))
-        queries = torch.zeros(n, dtype=torch.long)
 
         def adversarial(points: Tensor, rows: Tensor) -> Tensor:
             # chunked: one call on tens of thousands of probes is memory-bound and slower per row
-            labels = torch.cat([model.labels(points[i : i + self.query_chunk]) for i in range(0, points.shape[0], self.query_chunk)])
-            queries.index_add_(0, rows.cpu(), torch.ones(rows.numel(), dtype=torch.long))
+            labels = torch.cat(
+                [
+                    model.labels(points[i : i + self.query_chunk], rows=rows[i : i + self.query_chunk])
+                    for i in range(0, points.shape[0], self.query_chunk)
+                ]
+            )
             return labels == target[rows] if target is not None else labels != y[rows]
 
-        # 1. a misclassified start: uniform noise, up to init_tries draws per row
+        def budget(rows: Tensor) -> Tensor:
+            return model.budget_left(rows).to(x.device)
+
+        # 1. a start that reaches the goal
         start = x.clone()
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
+        if target is not None:
+            found = self._target_images(x, target, clean.labels.to(x.device), start, generator)
         for _ in range(self.init_tries):
             rows = (~found).nonzero().squeeze(1)
-            if rows.numel() == 0 or int(queries[rows.cpu()].max()) >= self.max_queries:
+            rows = rows[budget(rows) >= 1] if rows.numel() else rows
+            if rows.numel() == 0:
                 break
             noise = torch.rand((rows.numel(), *x.shape[1:]), generator=generator).to(x) * (hi - lo) + lo
             hit = adversarial(noise, rows)
             start[rows[hit]] = noise[hit]
             found[rows[hit]] = True
         current = start.clone()  # rows without a budget for the first bisection keep their start
-        found &= queries.to(x.device) + bisection_steps <= self.max_queries
+        everyone = torch.arange(n, device=x.device)
+        found &= budget(everyone) >= bisection_steps
         rows = found.nonzero().squeeze(1)
         if rows.numel() == 0:
-            return current, queries
+            return current
         current[rows] = self._bisect(x[rows], start[rows], rows, adversarial, threat.norm, bisection_steps, lo, hi)
         for t in range(1, 10_000):
             evals = min(int(self.init_evals * math.sqrt(t)), self.max_evals)
             cost = 2 * bisection_steps + evals + 10
-            rows = (found & (queries.to(x.device) + cost <= self.max_queries)).nonzero().squeeze(1)
+            rows = (found & (budget(everyone) >= cost)).nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
             xr, cr = x[rows], current[rows]
@@ -136,7 +151,19 @@ class HopSkipJump(EvasionAttack):
                 pending[idx[ok]] = False
                 step[idx[~ok]] /= 2
             current[rows] = self._bisect(xr, moved, rows, adversarial, threat.norm, bisection_steps, lo, hi)
-        return current, queries
+        return current
+
+    @staticmethod
+    def _target_images(x: Tensor, target: Tensor, clean_labels: Tensor, start: Tensor, generator: torch.Generator) -> Tensor:
+        """Start each row at a random other row of the batch the model labels as its target."""
+        n = x.shape[0]
+        donors = (clean_labels.view(1, n) == target.view(n, 1)) & ~torch.eye(n, dtype=torch.bool, device=x.device)
+        found = donors.any(1)
+        if bool(found.any()):
+            weights = torch.rand((n, n), generator=generator).to(x.device) * donors  # a random donor per row
+            pick = weights.argmax(1)
+            start[found] = x[pick[found]]
+        return found
 
     @staticmethod
     def _blend(x: Tensor, x_adv: Tensor, alpha: Tensor, norm: str) -> Tensor:
@@ -156,7 +183,8 @@ class HopSkipJump(EvasionAttack):
             ok = adversarial(self._blend(x, x_adv, mid, norm).clamp(lo, hi), rows)
             high = torch.where(ok, mid, high)
             low = torch.where(ok, low, mid)
-        return self._blend(x, x_adv, high, norm).clamp(lo, hi)
+        # the very points that were queried: x_adv itself where no midpoint reached the goal
+        return torch.where((high == 1).view(-1, 1, 1, 1), x_adv, self._blend(x, x_adv, high, norm).clamp(lo, hi))
 
     def _estimate(
         self, point: Tensor, rows: Tensor, delta: Tensor, evals: int, adversarial: Any, norm: str, generator: torch.Generator, lo: float, hi: float

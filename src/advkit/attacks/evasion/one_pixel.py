@@ -8,7 +8,8 @@ raises the target's (targeted). Stops per image once the goal is reached. Writte
 batched DE in torch: every image's whole population is scored in one model call per
 generation (scipy's optimiser evaluates one image at a time). The L0 budget is the
 threat's ``eps`` (a number of pixels); each generation costs ``population`` queries per
-image, the initial population one more round.
+image, the initial population one more round. A row stops once it succeeds or its
+budget in the view cannot pay for another generation; the view counts the queries.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advkit.attacks.evasion.base import CleanForward, EvasionAttack
+from advkit.attacks.evasion.base import Clean, EvasionAttack
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
 from advkit.registry import register
@@ -69,14 +70,14 @@ class OnePixel(EvasionAttack):
         target: Tensor | None,
         threat: Threat,
         generator: torch.Generator,
-        clean: CleanForward,
-    ) -> tuple[Tensor, Tensor | None]:
+        clean: Clean,
+    ) -> Tensor:
         assert threat.bounds is not None
         lo, hi = threat.bounds
         n, c, h, w = x.shape
         k = int(threat.eps)
         if k == 0:  # nothing may change (the eps=0 reliability check)
-            return x, torch.zeros(n, dtype=torch.long)
+            return x
         if k > h * w:
             raise AdvkitError(f"onepixel: {k} pixels exceed the image's {h * w}")
         pop, genes = self.population, k * (2 + c)
@@ -84,16 +85,18 @@ class OnePixel(EvasionAttack):
         offset = torch.tensor([0.0, 0.0, *([lo] * c)] * k)
         population = (torch.rand((n, pop, genes), generator=generator) * scale + offset).to(x)
         scale, offset = scale.to(x), offset.to(x)
-        queries = torch.zeros(n, dtype=torch.long)
         best_x = x.clone()
+        everyone = torch.arange(n, device=x.device)
+        if bool((model.budget_left(everyone) < pop).any()):
+            raise AdvkitError(f"onepixel: a row's query budget cannot pay for one population of {pop}")
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
-        fitness, success, images = self._score(model, x, y, target, population, k, c)
-        queries += pop
+        fitness, success, images = self._score(model, x, y, target, population, k, c, everyone)
         rows_done = success.any(1)
         self._record(best_x, images, fitness, success, rows_done, done)
         generations = self.max_queries // pop - 1
         for _ in range(generations):
             active = (~done).nonzero().squeeze(1)
+            active = active[model.budget_left(active) >= pop] if active.numel() else active
             if active.numel() == 0:
                 break
             parents = population[active]
@@ -103,9 +106,8 @@ class OnePixel(EvasionAttack):
             a, b, cc = parents[:, picks[:, 0]], parents[:, picks[:, 1]], parents[:, picks[:, 2]]
             children = torch.minimum(torch.maximum(a + self.mutation * (b - cc), offset), offset + scale)
             child_fit, child_success, child_images = self._score(
-                model, x[active], y[active], None if target is None else target[active], children, k, c
+                model, x[active], y[active], None if target is None else target[active], children, k, c, active
             )
-            queries[active.cpu()] += pop
             better = child_fit < fitness[active]
             population[active] = torch.where(better.unsqueeze(2), children, parents)
             fitness[active] = torch.where(better, child_fit, fitness[active])
@@ -119,7 +121,7 @@ class OnePixel(EvasionAttack):
         if leftover.numel():
             images = self._images(x[leftover], population[leftover], k, c)
             best_x[leftover] = images[torch.arange(leftover.numel()), fitness[leftover].argmin(1)]
-        return best_x, queries
+        return best_x
 
     @staticmethod
     def _images(x: Tensor, candidates: Tensor, k: int, c: int) -> Tensor:
@@ -135,12 +137,13 @@ class OnePixel(EvasionAttack):
         return images
 
     def _score(
-        self, model: ModelView, x: Tensor, y: Tensor, target: Tensor | None, candidates: Tensor, k: int, c: int
+        self, model: ModelView, x: Tensor, y: Tensor, target: Tensor | None, candidates: Tensor, k: int, c: int, rows: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Fitness (lower is better), goal reached, and the stamped images of every candidate."""
+        """Fitness (lower is better), goal reached, and the stamped images of every candidate
+        (``rows``: the batch row of each image, for the view's per-row count)."""
         n, pop, _ = candidates.shape
         images = self._images(x, candidates, k, c)
-        probs = model.probs(images.flatten(0, 1)).view(n, pop, -1)
+        probs = model.probs(images.flatten(0, 1), rows=rows.repeat_interleave(pop)).view(n, pop, -1)
         if target is not None:
             fitness = -probs.gather(2, target.view(n, 1, 1).expand(n, pop, 1)).squeeze(2)
             success = probs.argmax(2) == target.view(n, 1)

@@ -4,7 +4,9 @@
   Resistant to Adversarial Attacks", ICLR 2018. Linf and L2, step 2.5*eps/steps.
 - BIM and ILLC: Kurakin, Goodfellow & Bengio, "Adversarial Examples in the Physical
   World", ICLR workshop 2017: no random start, step 1/255 of the pixel range,
-  min(eps*255 + 4, 1.25*eps*255) steps; ILLC targets the least-likely class.
+  min(eps*255 + 4, 1.25*eps*255) steps (eps in 0-255 units of that range); ILLC targets
+  the least-likely class. The range is the threat's bounds once resolved at call time
+  (the model's, e.g. 0-255), so the count and step follow the model unless given.
 
 Defaults chosen so PGD does not under-report (cf. Croce & Hein, ICML 2020): restart 1
 starts at the clean point with cross-entropy and a first step of size eps, so its first
@@ -71,16 +73,23 @@ class PGD(EvasionAttack):
         self.random_start = random_start
 
     def params(self) -> dict[str, Any]:
+        return self.params_for(self.threat)
+
+    def params_for(self, threat: Threat) -> dict[str, Any]:
         return {
-            "steps": self.steps,
-            "step_size": self.step_size_for(self.threat),
+            "steps": self.steps_for(threat),
+            "step_size": self.step_size_for(threat),
             "restarts": self.restarts,
             "loss": self.loss,
             "random_start": self.random_start,
         }
 
+    def steps_for(self, threat: Threat) -> int:
+        """Iterations per restart under ``threat`` (its bounds resolved)."""
+        return self.steps
+
     def step_size_for(self, threat: Threat) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
+        return self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps_for(threat)
 
     def restart_plan(self, restart: int, threat: Threat) -> tuple[str, bool, float | None]:
         """(loss, random start?, first step size) of one restart."""
@@ -117,7 +126,7 @@ class PGD(EvasionAttack):
                 yr,
                 eps=threat.eps,
                 norm=threat.norm,
-                steps=self.steps,
+                steps=self.steps_for(threat),
                 step_size=self.step_size_for(threat),
                 bounds=threat.bounds,
                 goal=threat.goal,
@@ -153,22 +162,36 @@ def kurakin_steps(eps: float, pixel_range: float) -> int:
     summary="basic iterative method: small clipped gradient-sign steps from the clean point",
 )
 class BIM(PGD):
-    """Basic iterative method: PGD from the clean point with Kurakin's step and count."""
+    """Basic iterative method: PGD from the clean point with Kurakin's step and count.
+
+    Unless given, the count and the step (1/255 of the pixel range) are resolved at call
+    time from the threat's bounds, i.e. the model's when the threat names none.
+    """
 
     name = "bim"
 
     def __init__(self, threat: Threat | None = None, *, steps: int | None = None, step_size: float | None = None, batch_size: int = 500) -> None:
-        threat = threat or Threat()
-        lo, hi = threat.bounds or (0.0, 1.0)
         super().__init__(
             threat,
-            steps=steps if steps is not None else kurakin_steps(threat.eps, hi - lo),
-            step_size=step_size if step_size is not None else (hi - lo) / 255.0,
+            steps=steps if steps is not None else 1,  # placeholder: resolved per call when not given
+            step_size=step_size,
             restarts=1,
             loss="ce",
             random_start=False,
             batch_size=batch_size,
         )
+        self.given_steps = steps
+
+    @staticmethod
+    def _range(threat: Threat) -> float:
+        lo, hi = threat.bounds or (0.0, 1.0)
+        return hi - lo
+
+    def steps_for(self, threat: Threat) -> int:
+        return self.given_steps if self.given_steps is not None else kurakin_steps(threat.eps, self._range(threat))
+
+    def step_size_for(self, threat: Threat) -> float:
+        return self.step_size if self.step_size is not None else self._range(threat) / 255.0
 
     def restart_plan(self, restart: int, threat: Threat) -> tuple[str, bool, float | None]:
         return "ce", False, None

@@ -6,11 +6,14 @@ square window of the perturbation and keeps the change only if the margin loss f
 (untargeted: ``log p_y - max_{k != y} log p_k``, equal to the logit margin; targeted:
 cross-entropy of the target). The window's side shrinks on the paper's schedule
 (``p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000
-iterations, rescaled to the query budget). Linf: vertical-stripe start, windows set to
-+-eps per channel. L2: a start of pseudo-Gaussian blocks, and each step moves the mass
-of a second window into a fresh pseudo-Gaussian window (the paper's Algorithm 3).
-Windows are shared by the batch in one iteration, as in the reference code; rows stop
-querying once they succeed. Queries are counted per row (the start counts one).
+iterations, rescaled to the query budget). Linf: vertical-stripe start, then each image
+sets its own random window to +-eps per channel, drawing the signs again while the
+window would change nothing (as the reference code does: an unchanged candidate wastes
+a query). L2: a start of pseudo-Gaussian blocks, and each step moves the mass of a
+second window into a fresh pseudo-Gaussian window (the paper's Algorithm 3), the windows
+shared by the batch in one iteration, as in the reference code. Rows stop querying once
+they succeed or their budget in the view is spent; the view counts the queries (the
+start costs one).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advkit.attacks.evasion.base import CleanForward, EvasionAttack
+from advkit.attacks.evasion.base import Clean, EvasionAttack
 from advkit.attacks.evasion.steps import margin
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
@@ -112,46 +115,55 @@ class SquareAttack(EvasionAttack):
         target: Tensor | None,
         threat: Threat,
         generator: torch.Generator,
-        clean: CleanForward,
-    ) -> tuple[Tensor, Tensor | None]:
+        clean: Clean,
+    ) -> Tensor:
         assert threat.bounds is not None
         lo, hi = threat.bounds
         n, c, h, w = x.shape
         eps = threat.eps
-        queries = torch.zeros(n, dtype=torch.long)
+        everyone = torch.arange(n, device=x.device)
+        x_best = x.clone()
+        loss = torch.full((n,), float("inf"), device=x.device)
+        done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        first = everyone[model.budget_left(everyone) >= 1]
+        if first.numel() == 0:
+            return x_best
         if threat.norm == "linf":
-            signs = _random_signs((n, c, 1, w), generator, x)
-            x_best = (x + eps * signs).clamp(lo, hi)
+            start = (x + eps * _random_signs((n, c, 1, w), generator, x)).clamp(lo, hi)
         else:
-            x_best = (x + self._l2_start(x, eps, generator)).clamp(lo, hi)
-        probs = model.probs(x_best)
-        queries += 1
-        loss = self._loss(probs, y, target)
-        done = self._success(probs, y, target)
-        iterations = self.max_queries - 1
-        for i in range(iterations):
-            active = (~done).nonzero().squeeze(1)
+            start = (x + self._l2_start(x, eps, generator)).clamp(lo, hi)
+        x_best[first] = start[first]
+        probs = model.probs(x_best[first], rows=first)
+        sub_target = None if target is None else target[first]
+        loss[first] = self._loss(probs, y[first], sub_target)
+        done[first] = self._success(probs, y[first], sub_target)
+        started = torch.zeros(n, dtype=torch.bool, device=x.device)
+        started[first] = True
+        iterations = self.max_queries
+        for i in range(1, iterations):
+            open_rows = (~done & started).nonzero().squeeze(1)
+            active = open_rows[model.budget_left(open_rows) >= 1] if open_rows.numel() else open_rows
             if active.numel() == 0:
                 break
             xa, xb_ = x[active], x_best[active]
-            p = _schedule(self.p_init, i, iterations)
+            p = _schedule(self.p_init, i - 1, iterations)
             if threat.norm == "linf":
                 side = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1 if h > 1 else 1)
-                candidate = self._linf_step(xa, xb_, eps, side, generator).clamp(lo, hi)
+                candidate = self._linf_step(xa, xb_, eps, side, generator, lo, hi)
             else:
                 side = max(int(round(math.sqrt(p * h * w))), 3)
                 side += 1 - side % 2
                 side = min(side, h - 1 if h > 1 else 1)
                 candidate = self._l2_step(xa, xb_, eps, side, generator).clamp(lo, hi)
-            cand_probs = model.probs(candidate)
-            queries[active.cpu()] += 1
-            cand_loss = self._loss(cand_probs, y[active], None if target is None else target[active])
+            cand_probs = model.probs(candidate, rows=active)
+            sub_y, sub_target = y[active], None if target is None else target[active]
+            cand_loss = self._loss(cand_probs, sub_y, sub_target)
             better = cand_loss < loss[active]
             improved = active[better]
             x_best[improved] = candidate[better]
             loss[improved] = cand_loss[better]
-            done[active] = done[active] | (better & self._success(cand_probs, y[active], None if target is None else target[active]))
-        return x_best, queries
+            done[active] = done[active] | (better & self._success(cand_probs, sub_y, sub_target))
+        return x_best
 
     @staticmethod
     def _window(h: int, w: int, side: int, generator: torch.Generator) -> tuple[int, int]:
@@ -159,13 +171,25 @@ class SquareAttack(EvasionAttack):
         left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
         return top, left
 
-    def _linf_step(self, x: Tensor, x_best: Tensor, eps: float, side: int, generator: torch.Generator) -> Tensor:
+    def _linf_step(self, x: Tensor, x_best: Tensor, eps: float, side: int, generator: torch.Generator, lo: float, hi: float) -> Tensor:
+        """Each image's own window set to +-eps per channel, redrawn while it would change nothing."""
         n, c, h, w = x.shape
-        delta = x_best - x
-        top, left = self._window(h, w, side, generator)
+        tops = torch.randint(0, h - side + 1, (n,), generator=generator).to(x.device)
+        lefts = torch.randint(0, w - side + 1, (n,), generator=generator).to(x.device)
+        r, q = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        in_rows = (r[None] >= tops[:, None]) & (r[None] < tops[:, None] + side)
+        in_cols = (q[None] >= lefts[:, None]) & (q[None] < lefts[:, None] + side)
+        window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [n, 1, h, w]
         signs = _random_signs((n, c, 1, 1), generator, x)
-        delta[:, :, top : top + side, left : left + side] = eps * signs
-        return x + delta
+        redraw = torch.ones(n, dtype=torch.bool, device=x.device)
+        for _ in range(100):  # the reference redraws until something changes; this bounds it
+            candidate = torch.where(window, (x + eps * signs).clamp(lo, hi), x_best)
+            same = ((candidate - x_best).abs() < 1e-7).flatten(1).all(1)
+            redraw &= same
+            if not bool(redraw.any()):
+                break
+            signs = torch.where(redraw.view(-1, 1, 1, 1), _random_signs((n, c, 1, 1), generator, x), signs)
+        return candidate
 
     def _l2_start(self, x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
         """Pseudo-Gaussian blocks of side h // 5 tiled over the image, random signs, norm eps."""

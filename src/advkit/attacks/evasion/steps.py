@@ -16,9 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Forward = Callable[[Tensor], Tensor]
-# A gradient oracle for black-box attacks: at x, the (log-)scores it saw and its estimate of
-# the loss gradient (e.g. NES from score queries), standing in for forward + autograd.
-Estimate = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 def margin(logits: Tensor, cls: Tensor) -> Tensor:
@@ -110,7 +107,6 @@ def pgd(
     confidence: float = 0.5,
     track_best: bool = True,
     evaluate_final: bool = True,
-    estimate: Estimate | None = None,
 ) -> PGDRun:
     """Projected gradient ascent of ``loss`` from ``x + init``.
 
@@ -119,9 +115,7 @@ def pgd(
     step computes anyway, so tracking costs no extra forward pass; the final iterate is
     scored by one extra forward only when ``evaluate_final``. ``first_forward`` is an
     already computed differentiable ``(x, logits)`` pair at the start point (no ``init``),
-    reused for step one instead of a second identical forward pass. ``estimate`` replaces
-    the forward pass and autograd with a gradient oracle (score-based attacks); ``forward``
-    then only scores the final iterate.
+    reused for step one instead of a second identical forward pass.
     """
     if first_forward is not None and init is not None:
         raise ValueError("first_forward is the clean point's pass; it cannot be used with a random init")
@@ -129,10 +123,7 @@ def pgd(
     best_x = x.clone()
     best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
     for step in range(steps):
-        if estimate is not None:
-            x_in = x + delta
-            logits, grad = estimate(x_in)
-        elif step == 0 and first_forward is not None:
+        if step == 0 and first_forward is not None:
             x_in, logits = first_forward
         else:
             x_in = (x + delta).requires_grad_(True)
@@ -142,9 +133,8 @@ def pgd(
             better = score > best_score
             best_x[better] = x_in.detach()[better]
             best_score = torch.where(better, score, best_score)
-        if estimate is None:
-            objective = attack_loss(logits, y, target, goal, loss).sum()
-            (grad,) = torch.autograd.grad(objective, x_in)
+        objective = attack_loss(logits, y, target, goal, loss).sum()
+        (grad,) = torch.autograd.grad(objective, x_in)
         size = first_step if (step == 0 and first_step is not None) else step_size
         delta = project_delta(delta + size * ascent_direction(grad, norm), x, eps, norm, bounds)
     final_x = (x + delta).detach()

@@ -114,10 +114,11 @@ class PatchTrigger:
 class BlendTrigger:
     """A whole-image pattern blended in with weight ``alpha`` (Chen et al. 2017).
 
+    ``alpha`` defaults to 0.2, the blend ratio of Chen et al.'s poisoning experiments.
     ``pattern`` is ``random`` (uniform noise, seeded) or a ``[C, H, W]`` tensor in the bounds.
     """
 
-    alpha: float = 0.1
+    alpha: float = 0.2
     pattern: str | Tensor = "random"
     seed: int = 0
 

@@ -16,8 +16,12 @@ Networks", IEEE S&P 2019:
 for pruning: on a CNN that flattens its last feature map these are one neuron per
 channel *and position*, so a patch trigger's neurons are ones clean images barely use),
 the inputs of its last ``nn.Linear`` (``linear``, the second-to-last layer of the paper)
-or the channels of its last ``nn.Conv2d`` (``conv``; the paper found the last
-convolutional layer more effective for some attacks). On advkit's small CNNs pruning
+or the channels of its last convolution on the main path (``conv``; the paper found
+the last convolutional layer more effective for some attacks). On a residual network
+that is the last block's last main-path convolution, not a shortcut's 1x1 projection
+(registered, and run, after it), and where a ``BatchNorm2d`` follows it the channels
+are measured and switched off at the BatchNorm's output: zeroing the convolution alone
+would leave each channel at the BatchNorm's shift, not off. On advkit's small CNNs pruning
 ``linear`` or ``conv`` neurons costs 5-16 points of clean accuracy before the real
 trigger fails, because those neurons also carry the clean function; pruning
 ``features`` neurons does not (``benchmarks/study_neural_cleanse.py``). Each mitigation
@@ -90,23 +94,61 @@ def _takes_inputs(layer: str) -> bool:
     return layer != "conv"
 
 
+SHORTCUT_NAMES = ("shortcut", "downsample", "skip")  # torchvision's, timm's and advkit's names
+
+
+def _main_path_conv(net: nn.Module) -> nn.Module | None:
+    """The last ``nn.Conv2d`` outside shortcut branches, or its ``BatchNorm2d`` when one follows it.
+
+    A module whose qualified name has a part named like a shortcut (``shortcut``,
+    ``downsample``, ``skip``) is a side branch. The BatchNorm that follows a convolution
+    is the next ``BatchNorm2d`` registered after it, before any other convolution, with as
+    many features as the convolution has output channels.
+    """
+    named = list(net.named_modules())
+
+    def is_kind(module: nn.Module, kind: type[nn.Module]) -> bool:
+        return isinstance(module, kind) or getattr(module, "original_name", None) == kind.__name__
+
+    def on_shortcut(name: str) -> bool:
+        return any(part.lower() in SHORTCUT_NAMES for part in name.split("."))
+
+    convs = [i for i, (name, m) in enumerate(named) if is_kind(m, nn.Conv2d) and not on_shortcut(name)]
+    if not convs:
+        return None
+    index = convs[-1]
+    conv = named[index][1]
+    for name, module in named[index + 1 :]:
+        if is_kind(module, nn.Conv2d):
+            break
+        if is_kind(module, nn.BatchNorm2d) and not on_shortcut(name) and getattr(module, "num_features", None) == getattr(conv, "out_channels", None):
+            return module
+    return conv
+
+
 def neuron_layer(net: nn.Module, layer: str) -> nn.Module:
     """Where the neurons are: the inputs of the last ``nn.Linear`` (``linear``, the paper's
     second-to-last layer), the inputs of the first ``nn.Linear`` (``features``: on a CNN that
     flattens its last feature map, one neuron per channel *and position*), or the channels of
-    the last ``nn.Conv2d`` (``conv``)."""
+    the last main-path ``nn.Conv2d`` (``conv``), taken after its ``BatchNorm2d`` if one
+    follows it (then the BatchNorm is returned)."""
     if layer not in LAYERS:
         raise AdvkitError(f"neuron layer must be one of {', '.join(LAYERS)}; got {layer!r}")
-    kind = nn.Conv2d if layer == "conv" else nn.Linear
-    found = _modules_of(net, kind)
-    if not found:
-        raise AdvkitError(f"backdoor mitigation on '{layer}' neurons needs a model with an nn.{kind.__name__} layer")
-    return found[0] if layer == "features" else found[-1]
+    if layer == "conv":
+        found = _main_path_conv(net)
+        if found is None:
+            raise AdvkitError("backdoor mitigation on 'conv' neurons needs a model with an nn.Conv2d layer")
+        return found
+    found_linear = _modules_of(net, nn.Linear)
+    if not found_linear:
+        raise AdvkitError(f"backdoor mitigation on '{layer}' neurons needs a model with an nn.Linear layer")
+    return found_linear[0] if layer == "features" else found_linear[-1]
 
 
 def neuron_activations(model: ModelHandle, x: Tensor, layer: str = "linear", batch_size: int = 512) -> Tensor:
     """Per row, the neurons' activations: the last linear layer's inputs, or the last
-    convolution's channels averaged over space (captured with a forward hook)."""
+    main-path convolution's channels (after its BatchNorm) averaged over space after a
+    ReLU (captured with a forward hook)."""
     module = neuron_layer(model.net, layer)
     captured: list[Tensor] = []
 
@@ -128,7 +170,8 @@ def neuron_activations(model: ModelHandle, x: Tensor, layer: str = "linear", bat
 
 
 def switch_off(module: nn.Module, neurons: list[int], layer: str) -> Callable[[], None]:
-    """Prune neurons in place (zero their weights); returns a function that undoes it."""
+    """Prune neurons in place (zero their weights; a convolution's or BatchNorm's output
+    channels: weight and bias, so the channel is exactly zero); returns a function that undoes it."""
     if _takes_inputs(layer):
         saved = module.weight.data[:, neurons].clone()
         module.weight.data[:, neurons] = 0
