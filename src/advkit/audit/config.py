@@ -29,7 +29,7 @@ class _Strict(BaseModel):
 class EvasionConfig(_Strict):
     """Evasion attacks run on the model and on every mitigated model."""
 
-    attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd"])
+    attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd", "autoattack"])
     norm: Literal["linf", "l2"] = "linf"
     eps: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3])
     goal: Literal["untargeted", "targeted", "confidence"] = "untargeted"

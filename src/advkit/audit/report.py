@@ -231,7 +231,8 @@ def _atlas_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _worst_label(worst: dict[str, Any]) -> str:
-    return f"the worst case of {', '.join(worst['attacks'])}" if len(worst["attacks"]) > 1 else worst["attacks"][0].upper()
+    """How a finding's title names the worst case ("The worst case of fgsm, pgd" or "PGD")."""
+    return f"The worst case of {', '.join(worst['attacks'])}" if len(worst["attacks"]) > 1 else worst["attacks"][0].upper()
 
 
 def _evasion_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
