@@ -57,11 +57,13 @@ def main() -> None:
     pgd_default = PGD(Threat(eps=eps), steps=10, batch_size=BATCH)
     floor1 = best_time(lambda: floor(1), args.repeats)
     floor10 = best_time(lambda: floor(10), args.repeats)
-    def floor_verified() -> None:  # one pass plus the forward that re-checks the result
-        floor(1)
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], BATCH):
-                network(x[start : start + BATCH])
+    def floor_verified() -> None:  # one pass, the FGSM point in the bounds, and the forward that re-checks it
+        for start in range(0, x.shape[0], BATCH):
+            xb, yb = x[start : start + BATCH], y[start : start + BATCH]
+            x_in = xb.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(network(x_in), yb, reduction="sum"), x_in)
+            with torch.inference_mode():
+                network((xb + eps * grad.sign()).clamp(0, 1))
 
     cases = [
         case(
