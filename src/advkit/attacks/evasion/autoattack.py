@@ -40,10 +40,10 @@ import torch
 from torch import Tensor, nn
 
 from advkit.attacks.evasion.apgd import APGD, APGDDLR, TARGET_CLASSES, APGDTargeted
-from advkit.attacks.evasion.base import CleanForward, EvasionAttack, Progress, as_handle, goal_reached
+from advkit.attacks.evasion.base import CleanForward, EvasionAttack, Progress, goal_reached
 from advkit.attacks.evasion.fab import FAB
 from advkit.attacks.evasion.square import SquareAttack
-from advkit.core import AttackResult, ModelHandle, ModelView, Threat, check_images, check_labels
+from advkit.core import AttackResult, ModelHandle, ModelView, Threat
 from advkit.errors import AdvkitError
 from advkit.metrics import perturbation_norms
 from advkit.registry import register
@@ -156,14 +156,9 @@ class AutoAttack(EvasionAttack):
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
     ) -> AttackResult:
-        handle = as_handle(model)
-        threat = self.threat.with_bounds(handle.bounds)
-        x = check_images(x, handle.info, "images", threat.bounds)
-        y = check_labels(y, x.shape[0], handle.num_classes)
         if target is not None:
-            raise AdvkitError(f"targets were given but the goal is {threat.goal}; {self.name} evaluates the untargeted goal")
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        x, y = handle.to_device(x), handle.to_device(y)
+            raise AdvkitError(f"targets were given but the goal is {self.threat.goal}; {self.name} evaluates the untargeted goal")
+        handle, threat, x, y, _, generator = self.prepare(model, x, y, None, generator)
         start = time.perf_counter()
         breakdown: list[dict[str, Any]] = []
         every_row = not self.keep_clean_successes  # on_every_row(): misclassified rows get a candidate too

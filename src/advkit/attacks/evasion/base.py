@@ -288,16 +288,7 @@ class EvasionAttack(ABC):
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
     ) -> AttackResult:
-        handle = as_handle(model)
-        threat = self.threat.with_bounds(handle.bounds)
-        x = check_images(x, handle.info, "images", threat.bounds)
-        y = check_labels(y, x.shape[0], handle.num_classes)
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        x, y = handle.to_device(x), handle.to_device(y)
-        if threat.goal != "targeted" and target is not None:
-            raise AdvkitError(f"targets were given but the goal is {threat.goal}; use goal=targeted")
-        if target is not None:
-            target = handle.to_device(check_labels(target, x.shape[0], handle.num_classes, "targets"))
+        handle, threat, x, y, target, generator = self.prepare(model, x, y, target, generator)
         black_box = self.knowledge != "white"
         start = time.perf_counter()
         clean_logits = torch.empty(x.shape[0], handle.num_classes, device=x.device)
@@ -364,6 +355,22 @@ class EvasionAttack(ABC):
             result.clean_true_prob = torch.softmax(clean_logits, 1).gather(1, y[:, None]).squeeze(1)
             result.adv_true_prob = torch.softmax(adv_logits, 1).gather(1, y[:, None]).squeeze(1)
         return result
+
+    def prepare(
+        self, model: ModelHandle | nn.Module, x: Tensor, y: Tensor, target: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[ModelHandle, Threat, Tensor, Tensor, Tensor | None, torch.Generator]:
+        """Checked inputs on the model's device: the handle, the threat with its bounds, x, y, targets, a generator."""
+        handle = as_handle(model)
+        threat = self.threat.with_bounds(handle.bounds)
+        x = check_images(x, handle.info, "images", threat.bounds)
+        y = check_labels(y, x.shape[0], handle.num_classes)
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        x, y = handle.to_device(x), handle.to_device(y)
+        if threat.goal != "targeted" and target is not None:
+            raise AdvkitError(f"targets were given but the goal is {threat.goal}; use goal=targeted")
+        if target is not None:
+            target = handle.to_device(check_labels(target, x.shape[0], handle.num_classes, "targets"))
+        return handle, threat, x, y, target, generator
 
     def _settle(
         self,
