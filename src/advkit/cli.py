@@ -164,10 +164,10 @@ def attack(
     for white-box attacks, ``--steps`` for FGSM) are passed only to the attacks that take them.
     """
     from advkit.attacks.evasion.base import EvasionAttack
-    from advkit.core import KNOWLEDGE_LEVELS, AttackResult, Threat
-    from advkit.metrics import worst_case
+    from advkit.core import AttackResult, Threat
+    from advkit.metrics import worst_of_results
     from advkit.registry import build_evasion, check_settings_apply, lookup
-    from advkit.sanity import SanityReport, check_blackbox_vs_whitebox, check_eps_zero, run_checks
+    from advkit.sanity import SanityReport, check_eps_zero, run_checks
 
     entries = [lookup(name, "evasion") for name in names]
     if len({e.name for e in entries}) != len(entries):
@@ -214,9 +214,9 @@ def attack(
                 record["sanity"] = SanityReport(model_checks.findings + [eps_zero]).to_dict()
             results.append(record)
         if len(at_budget) > 1:
-            results.append({**_worst_record(at_budget, worst_case, KNOWLEDGE_LEVELS), **meta})
+            results.append({**worst_of_results(at_budget), **meta})
             if model_checks is not None:
-                _add_blackbox_checks(results, at_budget, check_blackbox_vs_whitebox)
+                _add_blackbox_checks(results, at_budget)
     if model_checks is not None:
         seen: set[str] = set()
         for record in results:
@@ -228,35 +228,18 @@ def attack(
     _write_json(json_path, results[0] if len(results) == 1 else results)
 
 
-def _worst_record(at_budget: list[Any], worst_case: Any, levels: tuple[str, ...]) -> dict[str, Any]:
-    """The ``worst`` record of several attacks on the same rows at one budget."""
-    first = at_budget[0]
-    record = worst_case(
-        first.y, first.clean_pred, [r.adv_pred for r in at_budget], [r.success for r in at_budget], first.num_classes, [r.attack for r in at_budget]
-    )
-    threat = first.threat.to_dict()
-    threat["knowledge"] = min((r.threat.knowledge for r in at_budget), key=levels.index)
-    record.update({"threat": threat, "queries": None, "seconds": sum(r.seconds for r in at_budget)})
-    return record
+def _add_blackbox_checks(results: list[dict[str, Any]], at_budget: list[Any]) -> None:
+    """Attach the black-box-vs-strongest-white-box findings to that white-box record of one budget."""
+    from advkit.sanity import check_blackbox_vs_strongest
 
-
-def _add_blackbox_checks(results: list[dict[str, Any]], at_budget: list[Any], check: Any) -> None:
-    """Attach 'a black-box attack beat the white-box ones' findings to the strongest white-box record.
-
-    A one-step attack losing to a black-box search says nothing about the gradients; the
-    strongest white-box attack losing to it does (Carlini et al. 2019; AutoAttack's checks).
-    """
-    white = [r for r in at_budget if r.threat.knowledge == "white"]
-    black = [r for r in at_budget if r.threat.knowledge != "white"]
-    if not white or not black:
+    strongest, findings = check_blackbox_vs_strongest(at_budget)
+    if strongest is None:
         return
-    strongest = max(white, key=lambda r: r.attack_success_rate or 0.0)
     record = next(rec for rec in results if rec["attack"] == strongest.attack and rec["threat"]["eps"] == strongest.threat.eps)
     sanity = record.get("sanity")
     if sanity is None:
         return
-    for b in black:
-        finding = check(strongest, b)
+    for finding in findings:
         sanity["findings"].append(finding.to_dict())
         if not finding.ok:
             sanity["reasons"].append(f"{finding.check}: {finding.detail}")

@@ -120,3 +120,21 @@ def worst_case(
         "per_class": per_class_table(y, clean_pred, worst_pred, num_classes),
         "broken_by": broken_by,
     }
+
+
+def worst_of_results(results: list[Any]) -> dict[str, Any]:
+    """The ``worst`` record of several :class:`~advkit.core.AttackResult` on the same rows and budget.
+
+    :func:`worst_case` plus the threat (the least knowledge any of the attacks needed, so
+    a worst case that includes a black-box attack says so) and the summed seconds.
+    """
+    from advkit.core import KNOWLEDGE_LEVELS
+
+    first = results[0]
+    record = worst_case(
+        first.y, first.clean_pred, [r.adv_pred for r in results], [r.success for r in results], first.num_classes, [r.attack for r in results]
+    )
+    threat = first.threat.to_dict()
+    threat["knowledge"] = min((r.threat.knowledge for r in results), key=KNOWLEDGE_LEVELS.index)
+    record.update({"threat": threat, "queries": None, "seconds": sum(r.seconds for r in results)})
+    return record

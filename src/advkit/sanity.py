@@ -149,6 +149,27 @@ def check_blackbox_vs_whitebox(
     return Finding("blackbox_beats_whitebox", True, f"{white_name} at least as strong as {black_name}")
 
 
+def _knowledge(result: AttackResult | dict[str, Any]) -> str:
+    return str(result["threat"]["knowledge"]) if isinstance(result, dict) else result.threat.knowledge
+
+
+def check_blackbox_vs_strongest(
+    results: list[AttackResult] | list[dict[str, Any]],
+) -> tuple[AttackResult | dict[str, Any] | None, list[Finding]]:
+    """Each black-box attack against the strongest white-box one of the same rows and budget.
+
+    A one-step attack losing to a black-box search says nothing about the gradients; the
+    strongest white-box attack losing to it does (Carlini et al. 2019; AutoAttack's checks).
+    Returns the strongest white-box result (None without one) and one finding per black-box.
+    """
+    white = [r for r in results if _knowledge(r) == "white"]
+    black = [r for r in results if _knowledge(r) != "white"]
+    if not white or not black:
+        return None, []
+    strongest = max(white, key=lambda r: _rate_and_name(r)[0])
+    return strongest, [check_blackbox_vs_whitebox(strongest, b) for b in black]
+
+
 def check_probability_outputs(handle: ModelHandle, x: Tensor, tol: float = 1e-4) -> Finding:
     """Does the model already output probabilities (AutoAttack's ``check_square_sum``)?
 

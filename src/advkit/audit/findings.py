@@ -1,0 +1,208 @@
+"""The audit's findings: what a reviewer should know, each with a severity and MITRE ATLAS ids.
+
+Findings are decided from ``report.json``'s content alone (no model, no data), so a report
+rebuilt from JSON gets the same findings. Evasion findings read the per-row worst case
+(``evasion_worst``), never the single strongest attack; a gradient-masking escalation
+(Athalye, Carlini & Wagner, ICML 2018; Croce & Hein, ICML 2020) is reported with the gap
+it revealed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advkit.audit.atlas import ids_for
+
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+
+
+def _severity_for_budget(eps: float, norm: str) -> str:
+    """How bad it is that accuracy halves at this budget (pixel range [0, 1])."""
+    small, medium = (8 / 255, 0.1) if norm == "linf" else (0.5, 1.5)
+    if eps <= small:
+        return "critical"
+    if eps <= medium:
+        return "high"
+    return "medium"
+
+
+def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each finding with severity, title, detail and ATLAS ids; worst first."""
+    out: list[dict[str, Any]] = []
+    sanity = report["provenance"].get("sanity", {})
+    for reason in sanity.get("reasons", []):
+        out.append({"severity": "high", "title": "Results may be unreliable", "detail": reason, "atlas": []})
+    for record in report["evasion"]:
+        zero = record.get("eps_zero", {})
+        if zero and not zero.get("ok", True):
+            out.append({"severity": "high", "title": f"{record['attack']}: eps=0 changes accuracy", "detail": zero["detail"], "atlas": []})
+    audited = report["backdoor"]["audited_model"]
+    if audited is not None:
+        if audited["flagged"]:
+            flagged = ", ".join(str(c) for c in audited["flagged"])
+            out.append({
+                "severity": "critical",
+                "title": f"Backdoor suspected in the audited model (target class {flagged})",
+                "detail": "Neural Cleanse found an abnormally small trigger that sends clean inputs to this class (anomaly index > 2).",
+                "atlas": ids_for("backdoor-in-model"),
+            })
+        else:
+            out.append({
+                "severity": "info",
+                "title": "No backdoor found in the audited model",
+                "detail": "Neural Cleanse found no class with an abnormally small trigger; it does not rule out large or input-specific triggers.",
+                "atlas": ids_for("neural-cleanse"),
+            })
+    out += _evasion_findings(report)
+    for scenario in report["backdoor"]["scenarios"]:
+        rate = scenario["params"]["rate"]
+        severity = "high" if scenario["attack_success_rate"] >= 0.9 else "medium" if scenario["attack_success_rate"] >= 0.5 else "low"
+        out.append({
+            "severity": severity,
+            "title": f"Poisoning {rate:.0%} of the training data with {scenario['attack']} plants a backdoor that works on {scenario['attack_success_rate']:.1%} of inputs",
+            "detail": f"clean accuracy of the poisoned model stays {scenario['clean_accuracy']:.1%}; the audited model obeys the same trigger on {scenario['audited_model_trigger_success']:.1%}",
+            "atlas": scenario["atlas"],
+        })
+        inspection = scenario.get("inspection")
+        target = scenario["params"]["target"]
+        if inspection is not None:
+            caught = target in inspection["flagged"]
+            out.append({
+                "severity": "info" if caught else "medium",
+                "title": f"Neural Cleanse {'finds' if caught else 'misses'} the planted backdoor (target {target}; flagged {inspection['flagged'] or 'nothing'})",
+                "detail": "model validation by trigger reverse engineering",
+                "atlas": ids_for("neural-cleanse"),
+            })
+        for mitigation in scenario["mitigations"]:
+            if not mitigation.get("applied"):
+                out.append({"severity": "medium", "title": f"{mitigation['mitigation']} not applied", "detail": mitigation["reason"], "atlas": mitigation["atlas"]})
+                continue
+            out.append({
+                "severity": "info",
+                "title": (
+                    f"{mitigation['mitigation']} brings backdoor success from {mitigation['attack_success_rate_before']:.1%} "
+                    f"to {mitigation['attack_success_rate_after']:.1%}"
+                ),
+                "detail": f"held-out clean accuracy {mitigation['held_out_clean_accuracy_before']:.1%} -> {mitigation['held_out_clean_accuracy_after']:.1%}",
+                "atlas": mitigation["atlas"],
+            })
+    out += _certification_findings(report.get("certification", []))
+    return sorted(out, key=lambda f: SEVERITIES.index(f["severity"]))
+
+
+def _atlas_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ATLAS ids of several evasion records, each once."""
+    seen: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for entry in record.get("atlas", []):
+            seen.setdefault(entry["id"], entry)
+    return list(seen.values())
+
+
+def _worst_label(worst: dict[str, Any]) -> str:
+    """How a finding's title names the worst case ("The worst case of fgsm, pgd" or "PGD")."""
+    return f"The worst case of {', '.join(worst['attacks'])}" if len(worst["attacks"]) > 1 else worst["attacks"][0].upper()
+
+
+def _evasion_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Findings on the per-row worst case per model and budget, gradient masking, and mitigation gains."""
+    out: list[dict[str, Any]] = []
+    worst_rows = report.get("evasion_worst", [])
+    records = report["evasion"]
+
+    def at(model_id: str, eps: float) -> list[dict[str, Any]]:
+        return [r for r in records if r["model"] == model_id and r["threat"]["eps"] == eps]
+
+    labels = {m["id"]: m["label"] for m in report["models"]}
+    for model in report["models"]:
+        curve = sorted((w for w in worst_rows if w["model"] == model["id"]), key=lambda w: w["eps"])
+        if not curve:
+            continue
+        norm = curve[0]["norm"]
+        broken = next((w for w in curve if w["adversarial_accuracy"] < 0.5 * w["clean_accuracy"]), None)
+        if broken is not None:
+            severity = _severity_for_budget(broken["eps"], norm) if model["id"] == "model" else "info"
+            rate = broken["attack_success_rate"]
+            out.append({
+                "severity": severity,
+                "title": (
+                    f"{_worst_label(broken)} ({norm}) at eps={broken['eps']:g} cuts accuracy of the {model['label']} "
+                    f"from {broken['clean_accuracy']:.1%} to {broken['adversarial_accuracy']:.1%}"
+                ),
+                "detail": f"attack success rate {rate:.1%} of correctly classified rows; a row counts as robust only if every attack left it standing",
+                "atlas": _atlas_of(at(model["id"], broken["eps"])),
+            })
+        elif model["id"] == "model":
+            last = curve[-1]
+            out.append({
+                "severity": "low",
+                "title": f"{_worst_label(last)} ({norm}) keeps accuracy above half up to eps={last['eps']:g} ({last['adversarial_accuracy']:.1%})",
+                "detail": "robust within the audited budgets",
+                "atlas": _atlas_of(at(model["id"], last["eps"])),
+            })
+    for check in report.get("gradient_masking", []):
+        if not check.get("escalated"):
+            continue
+        model_id, eps = check["model"], check["eps"]
+        white = [r for r in at(model_id, eps) if r["threat"]["knowledge"] == "white"]
+        worst = next((w for w in worst_rows if w["model"] == model_id and w["eps"] == eps), None)
+        if not white or worst is None:
+            continue
+        white_best = min(r["adversarial_accuracy"] for r in white)
+        gap = white_best - worst["adversarial_accuracy"]
+        far = gap >= 0.1 or worst["adversarial_accuracy"] < 0.5 * white_best
+        out.append({
+            "severity": "high" if far else "medium",
+            "title": (
+                f"Gradient masking suspected on the {labels.get(model_id, model_id)} at eps={eps:g}: white-box attacks leave "
+                f"{white_best:.1%} accuracy, {check['attack']} (black-box) brings the worst case to {worst['adversarial_accuracy']:.1%}"
+            ),
+            "detail": "; ".join(check["reasons"]) + f". The audit added {check['attack']} itself; the worst case counts it.",
+            "atlas": _atlas_of(at(model_id, eps)),
+        })
+    base = {w["eps"]: w for w in worst_rows if w["model"] == "model"}
+    for model in report["models"][1:]:
+        hardened = {w["eps"]: w for w in worst_rows if w["model"] == model["id"]}
+        gains = [(hardened[e]["adversarial_accuracy"] - base[e]["adversarial_accuracy"], e) for e in hardened if e in base]
+        if gains:
+            _, eps = max(gains)
+            before, after = base[eps], hardened[eps]
+            out.append({
+                "severity": "info",
+                "title": (
+                    f"Mitigation {model['label']}: worst-case accuracy at eps={eps:g} rises from "
+                    f"{before['adversarial_accuracy']:.1%} to {after['adversarial_accuracy']:.1%} (every attack, per row)"
+                ),
+                "detail": f"clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}",
+                "atlas": ids_for(model["id"].split("/", 1)[1]),
+            })
+    return out
+
+
+def _certification_findings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How far the audited model's predictions are provably stable, and what certified training adds."""
+    out: list[dict[str, Any]] = []
+    audited = next((r for r in records if r["model"] == "model"), None)
+    if audited is None:
+        return out
+    at = audited["certified_accuracy"]
+    severity = "medium" if at["0.25"] < 0.5 * audited["clean_accuracy"] else "low"
+    out.append({
+        "severity": severity,
+        "title": (
+            f"Randomized smoothing (sigma={audited['sigma']:g}) certifies {at['0.25']:.1%} of rows at L2 radius 0.25 "
+            f"and {at['0.5']:.1%} at 0.5 (average certified radius {audited['acr']:.3f})"
+        ),
+        "detail": f"base accuracy {audited['clean_accuracy']:.1%}; smoothed classifier abstains on {audited['abstain_rate']:.1%}; n={audited['n']} caps the radius at {audited['max_radius']:.2f}",
+        "atlas": audited["atlas"],
+    })
+    for record in records:
+        if record["model"] == "model":
+            continue
+        out.append({
+            "severity": "info",
+            "title": f"Mitigation {record['label']}: average certified radius {audited['acr']:.3f} -> {record['acr']:.3f}",
+            "detail": f"certified accuracy at 0.25: {at['0.25']:.1%} -> {record['certified_accuracy']['0.25']:.1%}; base accuracy {record['clean_accuracy']:.1%}",
+            "atlas": record["atlas"],
+        })
+    return out
