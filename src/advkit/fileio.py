@@ -202,3 +202,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def save_arrays(path: Path, **arrays: Any) -> None:
+    """Write small numpy arrays (examples, triggers) atomically as an uncompressed npz."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)

@@ -1,4 +1,4 @@
-"""The audit report: ``report.json`` (versioned schema) and its HTML, Markdown and SARIF views.
+"""The audit report: ``report.json`` (versioned schema), built from a run's record; its views are in ``render/``.
 
 ``report.json`` holds numbers only, except ``timings`` (wall seconds per step) and
 ``environment``; two runs with the same seed differ in nothing else. The HTML is
@@ -9,7 +9,7 @@ nothing from a config, a file name or a class name can inject markup.
 from __future__ import annotations
 
 import platform
-import re
+from types import SimpleNamespace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,20 +17,21 @@ import torch
 
 from advkit import __version__
 from advkit.audit.atlas import ids_for
-from advkit.audit.findings import SEVERITIES, findings
+from advkit.audit.findings import findings
 from advkit.errors import AdvkitError
 
 if TYPE_CHECKING:
-    from advkit.audit.runner import AuditRunner, Step
+    from advkit.audit.record import RunRecord
 
 SCHEMA = "advkit.audit"
 SCHEMA_VERSION = 1
 
 
-def build_report(runner: AuditRunner, plan: list[Step]) -> dict[str, Any]:
-    """Assemble the report from the step results, in plan order."""
-    results = runner.results
-    models = [{"id": "model", "label": f"audited model ({runner.config.model})", "clean_accuracy": _clean_accuracy(results)}]
+def build_report(run: RunRecord) -> dict[str, Any]:
+    """Assemble the report from a finished run's record, in plan order."""
+    results = run.results
+    plan = [SimpleNamespace(**step) for step in run.steps]
+    models = [{"id": "model", "label": f"audited model ({run.config['model']})", "clean_accuracy": _clean_accuracy(results)}]
     for step in plan:
         if step.kind == "adversarial-training":
             r = results[step.id]
@@ -69,12 +70,13 @@ def build_report(runner: AuditRunner, plan: list[Step]) -> dict[str, Any]:
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "advkit_version": __version__,
-        "config": runner.config.model_dump(mode="json"),
-        "environment": environment(runner),
+        "config": run.config,
+        "environment": environment(run),
+        "executor": run.executor,
         "provenance": results["provenance"],
         "models": models,
         "evasion": evasion,
-        "evasion_worst": evasion_worst(evasion, per_row, runner.eval_data().head(runner.config.evasion.limit).y, runner.model().num_classes),
+        "evasion_worst": evasion_worst(evasion, per_row, torch.tensor(run.labels, dtype=torch.long), run.num_classes),
         "gradient_masking": masking,
         "backdoor": {
             "audited_model": results.get("inspect/model"),
@@ -82,8 +84,8 @@ def build_report(runner: AuditRunner, plan: list[Step]) -> dict[str, Any]:
             "atlas": ids_for("neural-cleanse"),
         },
         "certification": certification,
-        "timings": {step.id: runner.timings[step.id] for step in plan},
-        "cached_steps": list(runner.cached),
+        "timings": {step.id: run.timings[step.id] for step in plan},
+        "cached_steps": list(run.cached),
     }
     report["findings"] = findings(report)
     return report
@@ -131,7 +133,7 @@ def _clean_accuracy(results: dict[str, Any]) -> float | None:
     return None
 
 
-def environment(runner: AuditRunner) -> dict[str, Any]:
+def environment(run: RunRecord) -> dict[str, Any]:
     import numpy
 
     return {
@@ -141,9 +143,9 @@ def environment(runner: AuditRunner) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
-        "device": str(runner.model().device),
+        "device": run.device,
         "cuda": torch.cuda.is_available(),
-        "seed": runner.config.seed,
+        "seed": run.config["seed"],
     }
 
 
@@ -162,134 +164,11 @@ def load_report(run_dir: str | Path) -> dict[str, Any]:
     return report
 
 
-def render_html(report: dict[str, Any], run_dir: Path) -> str:
-    """The self-contained HTML page (jinja2, autoescaped, plots inline); paths as :func:`shareable` shows them."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    from advkit.audit import plots
-
-    report = shareable(report)
-    names = report["provenance"]["model_info"]["classes"]
-    model_rows = [r for r in report["evasion"] if r["model"] == "model"]
-    featured = None
-    if model_rows:
-        budgets = sorted({r["threat"]["eps"] for r in model_rows})
-        middle = budgets[len(budgets) // 2]
-        featured = min((r for r in model_rows if r["threat"]["eps"] == middle), key=lambda r: r["adversarial_accuracy"])
-    images = {
-        "eps_curves": plots.eps_curves(report),
-        "heatmap": plots.class_heatmap(report),
-        "examples": plots.examples(run_dir, featured, names) if featured else None,
-        "audited_triggers": plots.triggers(run_dir, report["backdoor"]["audited_model"], names) if report["backdoor"]["audited_model"] else None,
-        "scenario_triggers": [
-            plots.triggers(run_dir, s["inspection"], names) if s.get("inspection") else None for s in report["backdoor"]["scenarios"]
-        ],
-    }
-    env = Environment(loader=PackageLoader("advkit.audit", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    env.filters["pct"] = percent
-    template = env.get_template("report.html.j2")
-    budgets = sorted({r["threat"]["eps"] for r in report["evasion"]})
-    attacks = sorted({r["attack"] for r in report["evasion"]})
-    table = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
-    worst = {(w["model"], w["eps"]): w for w in report.get("evasion_worst", [])}
-    return template.render(
-        report=report, images=images, budgets=budgets, attacks=attacks, table=table, worst=worst, names=names, severities=SEVERITIES
-    )
-
-
-def percent(value: float | None) -> str:
-    """A share as ``12.3%``; an en dash when it is undefined (no row to attack)."""
-    return "\u2013" if value is None else f"{100 * value:.1f}%"
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """A Markdown summary for a model card: findings and the evasion table."""
-    report = shareable(report)
-    lines = [f"# advkit audit: {report['config']['model']} on {report['config']['data']}", "", "## Findings", ""]
-    for f in report["findings"]:
-        atlas = ", ".join(a["id"] for a in f["atlas"])
-        lines.append(f"- **{f['severity'].upper()}** {f['title']}" + (f" ({atlas})" if atlas else ""))
-    lines += ["", "## Accuracy under attack", "", "| model | attack | eps | clean | under attack | success rate |", "| --- | --- | --- | --- | --- | --- |"]
-    labels = {m["id"]: m["label"] for m in report["models"]}
-    for r in report["evasion"]:
-        lines.append(
-            f"| {labels.get(r['model'], r['model'])} | {r['attack']} | {r['threat']['eps']:g} | {r['clean_accuracy']:.1%} | "
-            f"{r['adversarial_accuracy']:.1%} | {percent(r['attack_success_rate'])} |"
-        )
-    for w in report.get("evasion_worst", []):
-        lines.append(
-            f"| {labels.get(w['model'], w['model'])} | worst of {', '.join(w['attacks'])} | {w['eps']:g} | {w['clean_accuracy']:.1%} | "
-            f"{w['adversarial_accuracy']:.1%} | {percent(w['attack_success_rate'])} |"
-        )
-    scenarios = report["backdoor"]["scenarios"]
-    if scenarios:
-        lines += ["", "## Backdoor scenarios", "", "| scenario | backdoor success | clean | flagged by Neural Cleanse |", "| --- | --- | --- | --- |"]
-        for s in scenarios:
-            flagged = s["inspection"]["flagged"] if s.get("inspection") else "-"
-            lines.append(f"| {s['id']} | {s['attack_success_rate']:.1%} | {s['clean_accuracy']:.1%} | {flagged} |")
-    if report.get("certification"):
-        lines += ["", "## Certified robustness (randomized smoothing)", "", "| model | sigma | r=0 | r=0.25 | r=0.5 | r=0.75 | ACR | abstain |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for c in report["certification"]:
-            ca = c["certified_accuracy"]
-            lines.append(f"| {c['label']} | {c['sigma']:g} | {ca['0']:.1%} | {ca['0.25']:.1%} | {ca['0.5']:.1%} | {ca['0.75']:.1%} | {c['acr']:.3f} | {c['abstain_rate']:.1%} |")
-    return "\n".join(lines) + "\n"
-
-
-SARIF_LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "note"}
-
-
-def render_sarif(report: dict[str, Any]) -> dict[str, Any]:
-    """SARIF 2.1.0: one result per finding, rule id = the finding's first ATLAS id.
-
-    Every result's ``ruleId`` (and ``ruleIndex``) names a rule in ``tool.driver.rules``;
-    the analysed model is named relative to the working directory (or by its file name),
-    so the file can be shared without the machine's paths.
-    """
-    from urllib.parse import quote
-
-    report = shareable(report)
-    rules: dict[str, dict[str, Any]] = {}
-    results = []
-    target = quote(report["config"]["model"], safe="/:@!$&'()*+,;=-._~")
-    for f in report["findings"]:
-        rule = f["atlas"][0]["id"] if f["atlas"] else "ADVKIT.RELIABILITY"
-        title = f["atlas"][0]["name"] if f["atlas"] else "Reliability of the evaluation"
-        rules.setdefault(rule, {
-            "id": rule,
-            "name": "".join(word[:1].upper() + word[1:] for word in re.split(r"[^0-9A-Za-z]+", title) if word),
-            "shortDescription": {"text": title},
-        })
-        results.append({
-            "ruleId": rule,
-            "ruleIndex": list(rules).index(rule),
-            "level": SARIF_LEVEL[f["severity"]],
-            "message": {"text": f"{f['title']}. {f['detail']}"},
-            "properties": {"severity": f["severity"], "atlas": [a["id"] for a in f["atlas"]]},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": target}}}],
-        })
-    return {
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-        "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {"name": "advkit", "version": report["advkit_version"], "rules": list(rules.values())}},
-            "results": results,
-        }],
-    }
-
-
-def shareable(report: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the report for others to read (HTML, SARIF): every file named relative to
-    the working directory, or by its file name when outside it; no home directory, no
-    absolute path (``report.json`` and ``provenance.json`` keep theirs, for ``verify``)."""
-    from advkit.fileio import redact_paths
-
-    config = report.get("config", {})
-    known = [config.get("model"), config.get("data"), *(f.get("path") for f in report.get("provenance", {}).get("files", []))]
-    return redact_paths(report, [k for k in known if isinstance(k, str)])
-
-
 def write_views(run_dir: Path, report: dict[str, Any], formats: tuple[str, ...] = ("html",)) -> list[Path]:
     """Write the requested views of a report into the run directory, atomically."""
+    from advkit.audit.render.html import render_html
+    from advkit.audit.render.markdown import render_markdown
+    from advkit.audit.render.sarif import render_sarif
     from advkit.fileio import atomic_path, write_json
 
     written = []

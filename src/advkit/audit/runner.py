@@ -1,84 +1,61 @@
-"""The audit as a resumable plan: attack, mitigate, attack again.
+"""Runs the audit's plan through an Executor, resumably: attack, mitigate, attack again.
 
-The plan is a list of steps, each with a content hash of its inputs (its config slice,
-the hashes of the steps it depends on, and the model and data fingerprints). A finished
-step's result is written atomically to ``RUN_DIR/steps/`` as it completes; with
-``resume`` a step whose stored hash matches is read back instead of recomputed, so a
-crash or Ctrl-C costs only the step that was running. Every step seeds its own
-generator from the audit seed and its id, so a resumed run gives the same numbers.
+Each step's hash covers its inputs, its dependencies' hashes and the content of the
+model and data. A finished step's result is written atomically to ``RUN_DIR/steps/``
+the moment it arrives, from whichever worker ran it; with ``resume`` a step whose
+stored hash matches is read back instead of recomputed, so a crash costs only the
+steps that were running. Steps whose dependencies are done run side by side, up to
+the executor's worker count; the local executor runs one at a time in plan order.
+Every step seeds its own generator from the audit seed and its id (and every
+certified row its own), so the numbers are the same on one worker or many.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from advkit.audit.config import AuditConfig, PoisoningConfig
-from advkit.core import ModelHandle, Threat
+from advkit.audit.config import AuditConfig
+from advkit.audit.plan import Step, build_plan, closure, step_slug
+from advkit.audit.record import RunRecord
+from advkit.audit.steps import STEP_KINDS
+from advkit.audit.tasks import StepTask, TaskOutcome, run_step_task
+from advkit.audit.workspace import Progress, StepContext, Workspace
+from advkit.core import ModelHandle
 from advkit.data import Dataset, load_dataset
+from advkit.engine import Executor, Pending, Shared
 from advkit.errors import AdvkitError
 from advkit.fileio import atomic_path, write_json
 
-Progress = Callable[[str, int, int], None]
 Notify = Callable[[str], None]
 
 
-@dataclass
-class Step:
-    id: str
-    kind: str
-    inputs: dict[str, Any]
-    run: Callable[[StepContext], dict[str, Any]]
-    depends: list[str] = field(default_factory=list)
-    hash: str = ""
-
-
-@dataclass
-class StepContext:
-    runner: AuditRunner
-    step: Step
-
-    @property
-    def generator(self) -> torch.Generator:
-        seed = int(hashlib.sha256(f"{self.runner.config.seed}:{self.step.id}".encode()).hexdigest()[:8], 16)
-        return torch.Generator().manual_seed(seed)
-
-    def result(self, step_id: str) -> dict[str, Any]:
-        return self.runner.results[step_id]
-
-    def artifact(self, name: str) -> Path:
-        return self.runner.run_dir / "artifacts" / name
-
-
-def step_slug(step_id: str) -> str:
-    return step_id.replace("/", "__").replace("@", "_at_")
-
-
 class AuditRunner:
-    """Builds the plan from a config and runs it in a run directory."""
+    """Builds the plan from a config and runs it in a run folder."""
 
-    def __init__(self, config: AuditConfig, run_dir: Path, *, resume: bool = False, progress: Progress | None = None, notify: Notify | None = None):
+    def __init__(
+        self, config: AuditConfig, run_dir: Path, *, resume: bool = False, progress: Progress | None = None, notify: Notify | None = None, executor: Executor | None = None
+    ):
+        from advkit.engine.local import LocalExecutor
+
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.progress = progress
         self.notify = notify or (lambda message: None)
+        self.executor = executor if executor is not None else LocalExecutor()
         self.results: dict[str, dict[str, Any]] = {}
         self.timings: dict[str, float] = {}
         self.cached: list[str] = []
         self._model: ModelHandle | None = None
-        self._models: dict[str, ModelHandle] = {}
         self._eval: Dataset | None = None
         self._train: Dataset | None = None
         self._fingerprint: dict[str, Any] | None = None
+        self._shared: dict[str, Shared] = {}
+        self._total = 0
 
     # -- inputs -------------------------------------------------------------------------
     def model(self) -> ModelHandle:
@@ -114,126 +91,64 @@ class AuditRunner:
     def fingerprint(self) -> dict[str, Any]:
         """SHA-256 of the model file and every data file (the provenance manifest), computed once."""
         if self._fingerprint is None:
-            self._fingerprint = self._compute_fingerprint()
+            from advkit.data.provenance import build_manifest
+
+            files: dict[str, list[Path]] = {"data": list(self.eval_data().files)}
+            model_file = self.model_file()
+            if model_file is not None and model_file.is_file():
+                files["model"] = [model_file]
+            manifest = build_manifest(files)
+            data = self.eval_data()
+            manifest["data_arrays"] = {
+                "x_sha256": hashlib.sha256(data.x.numpy().tobytes()).hexdigest(),
+                "y_sha256": hashlib.sha256(data.y.numpy().tobytes()).hexdigest(),
+                "rows": len(data),
+            }
+            self._fingerprint = manifest
         return json.loads(json.dumps(self._fingerprint))
 
-    def _compute_fingerprint(self) -> dict[str, Any]:
-        from advkit.data.provenance import build_manifest
-
-        files: dict[str, list[Path]] = {"data": list(self.eval_data().files)}
-        model_file = self.model_file()
-        if model_file is not None and model_file.is_file():
-            files["model"] = [model_file]
-        manifest = build_manifest(files)
-        data = self.eval_data()
-        manifest["data_arrays"] = {
-            "x_sha256": hashlib.sha256(data.x.numpy().tobytes()).hexdigest(),
-            "y_sha256": hashlib.sha256(data.y.numpy().tobytes()).hexdigest(),
-            "rows": len(data),
-        }
-        return manifest
-
-    def trained_model(self, step_id: str) -> ModelHandle:
-        """The model a training step saved in the run directory."""
-        return self.trained_model_from(self.results[step_id]["artifact"])
-
-    def trained_model_from(self, artifact: str) -> ModelHandle:
-        """A model saved under the run directory (loaded once)."""
-        if artifact not in self._models:
-            from advkit.models.io import load_model
-
-            self._models[artifact] = load_model(str(self.run_dir / artifact), device=str(self.model().device))
-        return self._models[artifact]
-
-    def plan_inputs(self, step_id: str) -> dict[str, Any]:
-        return self._steps[step_id].inputs
-
-    # -- plan ---------------------------------------------------------------------------
-    def plan(self) -> list[Step]:
-        from advkit.audit import steps as S
-
-        cfg = self.config
-        plan: list[Step] = [Step("provenance", "provenance", {}, S.provenance)]
-        plan += self._evasion_steps("model", ["provenance"])
-        if cfg.backdoor_defense is not None:
-            plan.append(Step("inspect/model", "inspect", {"target": "model", "epochs": cfg.backdoor_defense.epochs}, S.inspect, ["provenance"]))
-        if cfg.adversarial_training is not None:
-            at = cfg.adversarial_training
-            plan.append(Step(f"train/{at.defense}", "adversarial-training", at.model_dump(), S.adversarial_training, ["provenance"]))
-            plan += self._evasion_steps(f"train/{at.defense}", [f"train/{at.defense}"])
-        for index, scenario in enumerate(cfg.poisoning):
-            name = f"{index}-{scenario.attack}"
-            plan.append(Step(f"poison/{name}", "poisoning", scenario.model_dump(), S.poisoning, ["provenance"]))
-            if cfg.backdoor_defense is not None:
-                defense = cfg.backdoor_defense
-                plan.append(
-                    Step(f"inspect/{name}", "inspect", {"target": f"poison/{name}", "epochs": defense.epochs}, S.inspect, [f"poison/{name}"])
-                )
-                for mitigation in defense.mitigations:
-                    plan.append(
-                        Step(
-                            f"mitigate/{name}/{mitigation}",
-                            "backdoor-mitigation",
-                            {"mitigation": mitigation, "poison": f"poison/{name}", "inspect": f"inspect/{name}"},
-                            S.backdoor_mitigation,
-                            [f"poison/{name}", f"inspect/{name}"],
-                        )
-                    )
-        if cfg.certification is not None:
-            certification = cfg.certification
-            plan.append(Step("certify/model", "certification", {"target": "model", **certification.model_dump()}, S.certification, ["provenance"]))
-            if certification.training is not None:
-                trained = f"train/certified-{certification.training}"
-                plan.append(Step(trained, "certified-training", certification.model_dump(), S.certified_training, ["provenance"]))
-                plan.append(Step(f"certify/certified-{certification.training}", "certification", {"target": trained, **certification.model_dump()}, S.certification, [trained]))
-        return plan
-
-    def _evasion_steps(self, target: str, depends: list[str]) -> list[Step]:
-        """Every (attack, eps) step on one model, then per eps the gradient-masking check over them."""
-        from advkit.audit import steps as S
-
-        cfg = self.config
-        label = "model" if target == "model" else target.split("/", 1)[1]
-        steps: list[Step] = []
-        for attack in cfg.evasion.attacks:
-            for eps in cfg.evasion.eps:
-                steps.append(Step(f"evasion/{label}/{attack}@{eps:g}", "evasion", {"attack": attack, "eps": eps, "target": target}, S.evasion, list(depends)))
-        for eps in cfg.evasion.eps:
-            evasion_ids = [f"evasion/{label}/{attack}@{eps:g}" for attack in cfg.evasion.attacks]
-            steps.append(
-                Step(
-                    f"masking/{label}@{eps:g}",
-                    "gradient-masking",
-                    {"target": target, "eps": eps, "evasion_steps": evasion_ids, "attack": S.MASKING_ATTACK},
-                    S.gradient_masking,
-                    evasion_ids,
-                )
-            )
-        return steps
-
-    def _hash(self, step: Step, base: dict[str, Any]) -> str:
-        blob = {
-            "id": step.id,
-            "inputs": step.inputs,
-            "depends": [self._hashes[d] for d in step.depends],
-            "base": base,
-        }
-        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
-
     # -- run ----------------------------------------------------------------------------
+    def plan(self) -> list[Step]:
+        shards = 4 * self.executor.workers if self.executor.remote else 1
+        return build_plan(self.config, eval_rows=len(self.eval_data()), shards_per_step=shards)
+
     def run(self) -> dict[str, Any]:
         """Execute (or resume) the plan; write and return ``report.json``'s content."""
         from advkit.audit.report import build_report
+        from advkit.data.provenance import write_manifest
 
-        steps_dir = self.run_dir / "steps"
         if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.resume:
             raise AdvkitError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        plan = self.plan()
-        self._steps = {step.id: step for step in plan}
         self.model()  # fail early on a bad model or data, before anything is written
-        steps_dir.mkdir(parents=True, exist_ok=True)
+        plan = self.plan()
+        self._total = len(plan)
+        self._check_plan(plan)
+        (self.run_dir / "steps").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "artifacts").mkdir(exist_ok=True)
         write_json(self.run_dir / "config.json", self.config.model_dump(mode="json"))
+        self._hash_plan(plan)
+        for step in plan:
+            self._read_back(step)
+        self._execute([s for s in plan if s.id not in self.results], plan)
+        record = RunRecord.of(self, plan)
+        report = build_report(record)
+        write_json(self.run_dir / "report.json", report)
+        write_manifest(self.run_dir / "provenance.json", self.results["provenance"])
+        return report
+
+    def _check_plan(self, plan: list[Step]) -> None:
+        """Sections that retrain need an architecture: say so before the first step runs."""
+        if self.model().info.arch:
+            return
+        for step in plan:
+            if STEP_KINDS[step.kind].needs_train:
+                section = {"adversarial-training": "adversarial_training", "poisoning": "poisoning", "certified-training": "certification.training"}[step.kind]
+                raise AdvkitError(
+                    f"the '{section}' section retrains the model's architecture, but {self.config.model} does not name one "
+                    "(TorchScript/ONNX): remove that section from the config or give metadata with 'arch'"
+                )
+
+    def _hash_plan(self, plan: list[Step]) -> None:
         fingerprint = self.fingerprint()
         base = {
             "config": {k: v for k, v in self.config.model_dump(mode="json").items() if k in ("model", "data", "split", "limit", "seed")},
@@ -241,68 +156,121 @@ class AuditRunner:
             # content, not names: a changed model or data file invalidates every step
             "content": sorted(f["sha256"] for f in fingerprint["files"]) + sorted(fingerprint["data_arrays"].values(), key=str),
         }
-        self._hashes: dict[str, str] = {}
-        for done, step in enumerate(plan):
-            step.hash = self._hash(step, base)
-            self._hashes[step.id] = step.hash
-            path = steps_dir / f"{step_slug(step.id)}.json"
-            stored = self._read_step(path) if self.resume else None
-            if stored is not None and stored.get("hash") == step.hash and self._artifacts_present(stored["result"]):
-                self.results[step.id] = stored["result"]
-                self.timings[step.id] = stored["seconds"]
-                self.cached.append(step.id)
-                self.notify(f"cached   {step.id}")
-            else:
-                start = time.perf_counter()
-                result = step.run(StepContext(self, step))
-                seconds = time.perf_counter() - start
-                self.results[step.id] = result
-                self.timings[step.id] = seconds
-                write_json(path, {"id": step.id, "hash": step.hash, "seconds": seconds, "result": result})
-                self.notify(f"{seconds:6.1f}s  {step.id}")
-            if self.progress is not None:
-                self.progress("audit", done + 1, len(plan))
-        report = build_report(self, plan)
-        write_json(self.run_dir / "report.json", report)
-        from advkit.data.provenance import write_manifest
+        hashes: dict[str, str] = {}
+        for step in plan:
+            blob = {"id": step.id, "inputs": step.inputs, "depends": [hashes[d] for d in step.depends], "base": base}
+            step.hash = hashes[step.id] = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
-        write_manifest(self.run_dir / "provenance.json", self.results["provenance"])
-        return report
+    def _step_path(self, step: Step) -> Path:
+        return self.run_dir / "steps" / f"{step_slug(step.id)}.json"
 
-    def _read_step(self, path: Path) -> dict[str, Any] | None:
+    def _read_back(self, step: Step) -> None:
+        if not self.resume:
+            return
         try:
-            return json.loads(path.read_text())
+            stored = json.loads(self._step_path(step).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            return None
+            return
+        if stored.get("hash") == step.hash and all((self.run_dir / name).is_file() for name in artifact_names(stored["result"])):
+            self.results[step.id] = stored["result"]
+            self.timings[step.id] = stored["seconds"]
+            self.cached.append(step.id)
+            self.notify(f"cached   {step.id}")
+            self._tick(len(self.results))
 
-    def _artifacts_present(self, result: dict[str, Any]) -> bool:
-        nested = [result["record"]] if isinstance(result.get("record"), dict) else []
-        names = [r[k] for r in [result, *nested] for k in ("artifact", "examples", "triggers") if isinstance(r.get(k), str)]
-        return all((self.run_dir / name).is_file() for name in names)
+    def _tick(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress("audit", done, self._total)
+
+    # -- scheduling ---------------------------------------------------------------------
+    def _execute(self, todo: list[Step], plan: list[Step]) -> None:
+        """Submit every step whose dependencies are done, at most ``workers`` tasks at a time."""
+        waiting = list(todo)
+        running: dict[int, tuple[Pending, Step, int]] = {}
+        parts: dict[str, dict[int, TaskOutcome]] = {}
+        submitted: dict[str, int] = {}
+        while waiting or running:
+            for step in list(waiting):
+                shards = step.shards or [None]
+                while submitted.get(step.id, 0) < len(shards) and len(running) < max(1, self.executor.workers) and all(d in self.results for d in step.depends):
+                    index = submitted.get(step.id, 0)
+                    task = self._submit(step, shards[index], plan)
+                    running[id(task)] = (task, step, index)
+                    submitted[step.id] = index + 1
+                if submitted.get(step.id, 0) == len(shards):
+                    waiting.remove(step)
+            if not running:
+                raise AdvkitError(f"internal: steps {[s.id for s in waiting]} wait on steps that never run")
+            done, outcome = self.executor.wait([entry[0] for entry in running.values()])
+            _, step, index = running.pop(id(done))
+            self._write_files(outcome.files)
+            parts.setdefault(step.id, {})[index] = outcome
+            if len(parts[step.id]) == len(step.shards or [None]):
+                collected = parts.pop(step.id)
+                self._finish(step, [collected[i] for i in range(len(collected))])
+
+    def _submit(self, step: Step, shard: tuple[int, int] | None, plan: list[Step]) -> Pending:
+        remote = self.executor.remote
+        needed = closure(plan, step.id)
+        names = sorted({name for d in needed for name in artifact_names(self.results[d])}) if remote else []
+        task = StepTask(
+            step=step,
+            shard=shard,
+            config=self.config.model_dump(mode="json"),
+            results={d: self.results[d] for d in needed} if remote else self.results,
+            inputs_of={s.id: s.inputs for s in plan},
+            fingerprint=self.fingerprint(),
+            run_dir=None if remote else str(self.run_dir),
+            artifact_names=names,
+            progress=None if remote else self.progress,
+        )
+        train = self._share("train", self.train_data) if STEP_KINDS[step.kind].needs_train else None
+        blobs = [self._share(f"file:{name}", lambda name=name: (self.run_dir / name).read_bytes()) for name in names]
+        return self.executor.submit(run_step_task, task, self._share_model(), self._share("eval", self.eval_data), train, *blobs, label=step.id)
+
+    def _share(self, key: str, value: Callable[[], Any]) -> Shared:
+        if key not in self._shared:
+            self._shared[key] = self.executor.put(value())
+        return self._shared[key]
+
+    def _share_model(self) -> Shared:
+        if "model" not in self._shared:
+            from advkit.models.portable import share_model
+
+            self._shared["model"] = share_model(self.executor, self.model())
+        return self._shared["model"]
+
+    def _write_files(self, files: dict[str, bytes]) -> None:
+        for name, blob in files.items():
+            target = self.run_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(blob)
+
+    def _finish(self, step: Step, outcomes: list[TaskOutcome]) -> None:
+        kind = STEP_KINDS[step.kind]
+        seconds = sum(o.seconds for o in outcomes)
+        if kind.merge is None:
+            result = outcomes[0].value
+        else:
+            import time
+
+            start = time.perf_counter()
+            result = kind.merge(StepContext(self._driver_workspace(), step), [o.value for o in outcomes])
+            seconds += time.perf_counter() - start
+        self.results[step.id] = result
+        self.timings[step.id] = seconds
+        write_json(self._step_path(step), {"id": step.id, "hash": step.hash, "seconds": seconds, "result": result})
+        self.notify(f"{seconds:6.1f}s  {step.id}")
+        self._tick(len(self.results))
+
+    def _driver_workspace(self) -> Workspace:
+        from advkit.models.portable import ResidentModel
+
+        return Workspace(self.config, self.run_dir, ResidentModel(self.model()), self.eval_data(), None, self.results, {}, self.fingerprint(), self.progress)
 
 
-def save_arrays(path: Path, **arrays: np.ndarray) -> None:
-    """Write small arrays (examples, triggers) atomically as an uncompressed npz."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-
-
-def threat_for(config: AuditConfig, eps: float, attack: str | None = None) -> Threat:
-    """The audit's threat at one budget; the knowledge level is what ``attack`` needs (white by default)."""
-    from advkit.registry import lookup
-
-    knowledge = lookup(attack, "evasion").knowledge if attack else "white"
-    return Threat(norm=config.evasion.norm, eps=eps, goal=config.evasion.goal, knowledge=knowledge)
-
-
-def scenario_trigger(scenario: PoisoningConfig) -> Any:
-    from advkit.attacks.poisoning import BadNets, Blend, BlendTrigger, PatchTrigger
-
-    t = scenario.trigger
-    if scenario.attack == "badnets":
-        position: Any = tuple(t.position) if isinstance(t.position, list) else t.position
-        values = tuple(t.values) if t.values is not None else None
-        return BadNets(PatchTrigger(size=t.size, position=position, pattern=t.pattern, values=values), target=scenario.target, rate=scenario.rate, mode=scenario.mode)
-    return Blend(BlendTrigger(alpha=t.alpha), target=scenario.target, rate=scenario.rate, mode=scenario.mode)
-
+def artifact_names(result: dict[str, Any]) -> list[str]:
+    """The run-relative files a step result names (models, examples, triggers)."""
+    nested = [result["record"]] if isinstance(result.get("record"), dict) else []
+    return [r[k] for r in [result, *nested] for k in ("artifact", "examples", "triggers") if isinstance(r.get(k), str)]

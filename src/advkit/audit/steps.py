@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from advkit.audit.config import PoisoningConfig
-from advkit.audit.runner import (
-    StepContext,
-    save_arrays,
-    scenario_trigger,
-    step_slug,
-    threat_for,
-)
+from advkit.audit.plan import MASKING_ATTACK, scenario_trigger, step_slug, threat_for
+from advkit.audit.workspace import StepContext
 from advkit.core import ModelHandle, ModelInfo
 from advkit.errors import AdvkitError
+from advkit.fileio import save_arrays
 from advkit.registry import build_evasion
 
 EXAMPLES = 8
@@ -30,22 +30,22 @@ def provenance(ctx: StepContext) -> dict[str, Any]:
     """SHA-256 of the model file and data files, plus the reliability checks."""
     from advkit.sanity import run_checks
 
-    runner = ctx.runner
-    manifest = runner.fingerprint()
-    data = runner.eval_data()
-    checks = run_checks(runner.model(), data.x, data.y)
+    env = ctx.env
+    manifest = json.loads(json.dumps(env.fingerprint))
+    data = env.eval_data()
+    checks = run_checks(env.model(), data.x, data.y)
     manifest["sanity"] = checks.to_dict()
     manifest["model_info"] = {
-        "input_shape": list(runner.model().input_shape),
-        "num_classes": runner.model().num_classes,
-        "arch": runner.model().info.arch,
-        "classes": runner.model().info.class_names(),
+        "input_shape": list(env.model().input_shape),
+        "num_classes": env.model().num_classes,
+        "arch": env.model().info.arch,
+        "classes": env.model().info.class_names(),
     }
     return manifest
 
 
 def _target_model(ctx: StepContext, target: str) -> ModelHandle:
-    return ctx.runner.model() if target == "model" else ctx.runner.trained_model(target)
+    return ctx.env.model() if target == "model" else ctx.env.trained_model(target)
 
 
 def evasion(ctx: StepContext) -> dict[str, Any]:
@@ -58,12 +58,12 @@ def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float) 
     """Run one attack on the evaluation rows; the record keeps per-row outcomes for the worst case."""
     from advkit.sanity import check_eps_zero
 
-    cfg = ctx.runner.config
+    cfg = ctx.env.config
     model = _target_model(ctx, target)
-    data = ctx.runner.eval_data().head(cfg.evasion.limit)
+    data = ctx.env.eval_data().head(cfg.evasion.limit)
     settings = {"steps": cfg.evasion.steps, "restarts": cfg.evasion.restarts, "max_queries": cfg.evasion.max_queries}
     attack = build_evasion(attack_name, threat_for(cfg, eps, attack_name), settings, strict=False)
-    result = attack(model, data.x, data.y, generator=ctx.generator, progress=ctx.runner.progress)
+    result = attack(model, data.x, data.y, generator=ctx.generator, progress=ctx.env.progress)
     record = result.to_dict()
     record.pop("seconds")
     record["model"] = target
@@ -75,9 +75,9 @@ def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float) 
         "success": [bool(v) for v in result.success.cpu().tolist()],
     }
     name = f"artifacts/examples/{step_slug(ctx.step.id)}.npz"
-    (ctx.runner.run_dir / "artifacts" / "examples").mkdir(parents=True, exist_ok=True)
+    (ctx.env.run_dir / "artifacts" / "examples").mkdir(parents=True, exist_ok=True)
     save_arrays(
-        ctx.runner.run_dir / name,
+        ctx.env.run_dir / name,
         x=data.x[:EXAMPLES].cpu().numpy(),
         x_adv=result.x_adv[:EXAMPLES].cpu().numpy(),
         y=data.y[:EXAMPLES].cpu().numpy(),
@@ -86,9 +86,6 @@ def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float) 
     )
     record["examples"] = name
     return record
-
-
-MASKING_ATTACK = "square"
 
 
 def gradient_masking(ctx: StepContext) -> dict[str, Any]:
@@ -107,7 +104,7 @@ def gradient_masking(ctx: StepContext) -> dict[str, Any]:
     target, eps = inputs["target"], inputs["eps"]
     records = [ctx.result(step_id) for step_id in inputs["evasion_steps"]]
     model = _target_model(ctx, target)
-    data = ctx.runner.eval_data().head(ctx.runner.config.evasion.limit)
+    data = ctx.env.eval_data().head(ctx.env.config.evasion.limit)
     checks = [check_gradients(model, data.x[:256], data.y[:256]), check_probability_outputs(model, data.x[:256])]
     checks += check_blackbox_vs_strongest(records)[1]
     white = [r for r in records if r["threat"]["knowledge"] == "white"]
@@ -133,14 +130,14 @@ def inspect(ctx: StepContext) -> dict[str, Any]:
 
     target = ctx.step.inputs["target"]
     model = _target_model(ctx, target)
-    data = ctx.runner.eval_data()
+    data = ctx.env.eval_data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = NeuralCleanse(epochs=ctx.step.inputs["epochs"])(model, data.x, data.y, generator=ctx.generator, progress=ctx.runner.progress)
+        report = NeuralCleanse(epochs=ctx.step.inputs["epochs"])(model, data.x, data.y, generator=ctx.generator, progress=ctx.env.progress)
     triggers = report.details["triggers"]
     name = f"artifacts/triggers-{step_slug(target)}.npz"
     save_arrays(
-        ctx.runner.run_dir / name,
+        ctx.env.run_dir / name,
         mask=torch.stack([t.mask for t in triggers]).numpy(),
         pattern=torch.stack([t.pattern for t in triggers]).numpy(),
     )
@@ -156,10 +153,10 @@ def inspect(ctx: StepContext) -> dict[str, Any]:
 
 
 def _trainable(ctx: StepContext, purpose: str) -> tuple[str, ModelInfo]:
-    info = ctx.runner.model().info
+    info = ctx.env.model().info
     if not info.arch:
         raise AdvkitError(
-            f"{purpose} retrains the model's architecture, but {ctx.runner.config.model} does not name one "
+            f"{purpose} retrains the model's architecture, but {ctx.env.config.model} does not name one "
             "(TorchScript/ONNX): remove that section from the config or give metadata with 'arch'"
         )
     return info.arch, info
@@ -171,30 +168,30 @@ def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, objective: Any, e
 
     arch, info = _trainable(ctx, extra.get("objective", "training"))
     c, h, _ = info.input_shape
-    seed = ctx.runner.config.seed
+    seed = ctx.env.config.seed
     net = build(arch, in_channels=c, num_classes=info.num_classes, image_size=h, seed=seed)
     new_info = ModelInfo(
         input_shape=info.input_shape, num_classes=info.num_classes, bounds=info.bounds, mean=info.mean, std=info.std,
         classes=info.classes, arch=arch, extra=extra,
     )
-    handle = ModelHandle(net, new_info, device=ctx.runner.model().device)
+    handle = ModelHandle(net, new_info, device=ctx.env.model().device)
     lr = ZOO[arch].lr if arch in ZOO else 2e-3
-    fit(handle.network, x, y, TrainConfig(epochs=epochs, lr=lr, seed=seed), objective, progress=ctx.runner.progress)
+    fit(handle.network, x, y, TrainConfig(epochs=epochs, lr=lr, seed=seed), objective, progress=ctx.env.progress)
     path = ctx.artifact(f"{name}.safetensors")
     save_model(handle, path)
-    data = ctx.runner.eval_data()
-    return {"artifact": str(path.relative_to(ctx.runner.run_dir)), "clean_accuracy": float((handle.predict(data.x) == data.y).float().mean())}
+    data = ctx.env.eval_data()
+    return {"artifact": ctx.relative(path), "clean_accuracy": float((handle.predict(data.x) == data.y).float().mean())}
 
 
 def adversarial_training(ctx: StepContext) -> dict[str, Any]:
     """Train a hardened copy of the audited architecture on the train split."""
     from advkit.defenses.adversarial_training import DEFENSES
 
-    cfg = ctx.runner.config.adversarial_training
+    cfg = ctx.env.config.adversarial_training
     assert cfg is not None
-    train = ctx.runner.train_data()
+    train = ctx.env.train_data()
     steps_per_epoch = -(-len(train) // 64)
-    objective = DEFENSES[cfg.defense](eps=cfg.eps, norm=ctx.runner.config.evasion.norm, warmup_steps=steps_per_epoch * max(1, cfg.epochs // 10))
+    objective = DEFENSES[cfg.defense](eps=cfg.eps, norm=ctx.env.config.evasion.norm, warmup_steps=steps_per_epoch * max(1, cfg.epochs // 10))
     result = _train(ctx, train.x, train.y, objective, cfg.epochs, {"objective": cfg.defense, "eps": cfg.eps}, cfg.defense)
     result.update({"defense": cfg.defense, "eps": cfg.eps, "epochs": cfg.epochs})
     return result
@@ -207,7 +204,7 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
 
     scenario = PoisoningConfig.model_validate(ctx.step.inputs)
     attack = scenario_trigger(scenario)
-    train = ctx.runner.train_data()
+    train = ctx.env.train_data()
     arch, info = _trainable(ctx, "the poisoning scenario")
     if scenario.target >= info.num_classes:
         raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
@@ -215,15 +212,15 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
     epochs = ZOO[arch].epochs if arch in ZOO else 20
     name = ctx.step.id.split("/", 1)[1]
     result = _train(ctx, poisoned.x, poisoned.y, None, epochs, {"objective": "standard", "poisoned": attack.name}, f"poisoned-{name}")
-    data = ctx.runner.eval_data()
+    data = ctx.env.eval_data()
     result.update(
         {
             "attack": attack.name,
             "params": attack.params(),
             "poisoned_rows": len(poisoned.rows),
             "train_rows": len(train),
-            "attack_success_rate": backdoor_success_rate(ctx.runner.trained_model_from(result["artifact"]), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
-            "audited_model_trigger_success": backdoor_success_rate(ctx.runner.model(), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
+            "attack_success_rate": backdoor_success_rate(ctx.env.trained_model_from(result["artifact"]), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
+            "audited_model_trigger_success": backdoor_success_rate(ctx.env.model(), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
         }
     )
     mask, pattern = attack.trigger.mask_and_pattern(info.input_shape, info.bounds)
@@ -240,23 +237,23 @@ def backdoor_mitigation(ctx: StepContext) -> dict[str, Any]:
     inputs = ctx.step.inputs
     inspected = ctx.result(inputs["inspect"])
     poison = ctx.result(inputs["poison"])
-    scenario = PoisoningConfig.model_validate(ctx.runner.plan_inputs(inputs["poison"]))
+    scenario = PoisoningConfig.model_validate(ctx.env.plan_inputs(inputs["poison"]))
     attack = scenario_trigger(scenario)
     if not inspected["flagged"]:
         return {"mitigation": inputs["mitigation"], "applied": False, "reason": "Neural Cleanse flagged no class, so there is no trigger to repair with"}
     rows = {r["class"]: r for r in inspected["classes"]}
     target = max(inspected["flagged"], key=lambda c: rows[c]["anomaly_index"] or float("inf"))
-    with np.load(ctx.runner.run_dir / inspected["triggers"], allow_pickle=False) as arrays:
+    with np.load(ctx.env.run_dir / inspected["triggers"], allow_pickle=False) as arrays:
         trigger = ReversedTrigger(target, torch.from_numpy(arrays["mask"][target]), torch.from_numpy(arrays["pattern"][target]), float(rows[target]["score"]), float(rows[target]["trigger_success"]))
-    model = ctx.runner.trained_model(inputs["poison"])
-    data = ctx.runner.eval_data()
+    model = ctx.env.trained_model(inputs["poison"])
+    data = ctx.env.eval_data()
     half = len(data) // 2
     xd, yd, xe, ye = data.x[:half], data.y[:half], data.x[half:], data.y[half:]
 
     def real_asr(m: ModelHandle) -> float:
         return backdoor_success_rate(m, xe, ye, attack.trigger, scenario.target, scenario.mode)
 
-    mitigation = Unlearning(seed=ctx.runner.config.seed) if inputs["mitigation"] == "nc-unlearn" else NeuronPruning(seed=ctx.runner.config.seed)
+    mitigation = Unlearning(seed=ctx.env.config.seed) if inputs["mitigation"] == "nc-unlearn" else NeuronPruning(seed=ctx.env.config.seed)
     outcome = mitigation(model, trigger, xd, yd, evaluate=real_asr)
     record = outcome.to_dict()
     record.update(
@@ -276,27 +273,41 @@ def certified_training(ctx: StepContext) -> dict[str, Any]:
     """Train a copy of the audited architecture with a certified-training objective."""
     from advkit.certify.training import certified_objective
 
-    cfg = ctx.runner.config.certification
+    cfg = ctx.env.config.certification
     assert cfg is not None and cfg.training is not None
-    train = ctx.runner.train_data()
+    train = ctx.env.train_data()
     objective = certified_objective(cfg.training, cfg.sigma, rows=len(train), epochs=cfg.epochs)
     result = _train(ctx, train.x, train.y, objective, cfg.epochs, {"objective": cfg.training, "sigma": cfg.sigma}, f"certified-{cfg.training}")
     result.update({"defense": cfg.training, "sigma": cfg.sigma, "epochs": cfg.epochs})
     return result
 
 
-def certification(ctx: StepContext) -> dict[str, Any]:
-    """Randomized-smoothing CERTIFY (Cohen 2019) of the audited or the certified-trained model."""
+def certification_rows(ctx: StepContext) -> dict[str, Any]:
+    """CERTIFY one shard of rows; each row draws its noise from its own seed (:meth:`StepContext.row_seed`)."""
+    from advkit.certify.smoothing import Smoothed, certify_rows
+
+    cfg = ctx.env.config.certification
+    assert cfg is not None and ctx.shard is not None
+    model = _target_model(ctx, ctx.step.inputs["target"])
+    x = ctx.env.eval_data().x
+    prediction, radius = certify_rows(Smoothed(model, cfg.sigma), x, ctx.shard, cfg.n0, cfg.n, cfg.alpha, ctx.row_seed, progress=ctx.env.progress)
+    return {"prediction": prediction.tolist(), "radius": radius.tolist()}
+
+
+def certification(ctx: StepContext, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Randomized-smoothing CERTIFY (Cohen 2019) of the audited or the certified-trained model: the shards merged."""
     from scipy.stats import norm
 
-    from advkit.certify.smoothing import Smoothed
+    from advkit.certify.smoothing import CertResult
 
-    cfg = ctx.runner.config.certification
+    cfg = ctx.env.config.certification
     assert cfg is not None
     target = ctx.step.inputs["target"]
     model = _target_model(ctx, target)
-    data = ctx.runner.eval_data().head(cfg.limit)
-    result = Smoothed(model, cfg.sigma).certify_dataset(data.x, data.y, cfg.n0, cfg.n, cfg.alpha, generator=ctx.generator, progress=ctx.runner.progress)
+    data = ctx.env.eval_data().head(cfg.limit)
+    prediction = torch.tensor([p for part in parts for p in part["prediction"]], dtype=torch.long)
+    radius = torch.tensor([r for part in parts for r in part["radius"]], dtype=torch.float32)
+    result = CertResult(prediction, radius, data.y.cpu(), cfg.sigma, cfg.n, cfg.n0, cfg.alpha, 0.0)
     record = result.to_dict((0.0, 0.25, 0.5, 0.75, 1.0))
     record.pop("seconds")
     record["model"] = target
@@ -304,3 +315,25 @@ def certification(ctx: StepContext) -> dict[str, Any]:
     record["clean_accuracy"] = float((model.predict(data.x) == data.y).float().mean())
     record["max_radius"] = cfg.sigma * float(norm.ppf(cfg.alpha ** (1 / cfg.n)))  # all n votes on one class
     return record
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """How the runner runs a kind of step: ``run`` per task; with ``merge``, ``run`` is per shard."""
+
+    run: Callable[[StepContext], dict[str, Any]]
+    merge: Callable[[StepContext, list[dict[str, Any]]], dict[str, Any]] | None = None
+    needs_train: bool = False
+
+
+STEP_KINDS: dict[str, StepKind] = {
+    "provenance": StepKind(provenance),
+    "evasion": StepKind(evasion),
+    "gradient-masking": StepKind(gradient_masking),
+    "inspect": StepKind(inspect),
+    "adversarial-training": StepKind(adversarial_training, needs_train=True),
+    "poisoning": StepKind(poisoning, needs_train=True),
+    "backdoor-mitigation": StepKind(backdoor_mitigation),
+    "certified-training": StepKind(certified_training, needs_train=True),
+    "certification": StepKind(certification_rows, merge=certification),
+}

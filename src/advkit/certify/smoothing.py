@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from scipy.stats import beta, binomtest, norm
 from torch import Tensor
 
 from advkit.core import ModelHandle, check_images, check_labels
+from advkit.engine import Executor
 from advkit.errors import AdvkitError
 
 ABSTAIN = -1
@@ -133,17 +135,58 @@ class Smoothed:
             return ABSTAIN, 0.0
         return guess, self.sigma * float(norm.ppf(p_a))
 
-    def certify_dataset(self, x: Tensor, y: Tensor, n0: int, n: int, alpha: float, generator: torch.Generator | None = None, progress: Any = None) -> CertResult:
-        """CERTIFY every row; returns predictions, radii and the metrics."""
+    def certify_dataset(
+        self, x: Tensor, y: Tensor, n0: int, n: int, alpha: float, generator: torch.Generator | None = None, progress: Any = None, executor: Executor | None = None
+    ) -> CertResult:
+        """CERTIFY every row; returns predictions, radii and the metrics.
+
+        Row ``i`` draws its noise from its own generator, seeded from one draw of
+        ``generator`` and ``i`` (:func:`advkit.engine.shard_seed`), so the numbers do not
+        depend on how the rows are split over an ``executor``'s workers.
+        """
+        from advkit.engine import shard_seed
+        from advkit.engine.local import LocalExecutor
+        from advkit.models.portable import share_model
+
         _check_settings(self.sigma, alpha, n, n0)
         x = check_images(x, self.model.info, "images")
         y = check_labels(y, x.shape[0], self.model.num_classes)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        predictions = torch.empty(x.shape[0], dtype=torch.long)
-        radii = torch.empty(x.shape[0])
+        base = shard_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        executor = executor if executor is not None else LocalExecutor()
+        rows = x.shape[0]
+        size = rows if not executor.remote else max(1, -(-rows // (4 * executor.workers)))
+        shards = [(start, min(rows, start + size)) for start in range(0, rows, size)]
+        settings = {"sigma": self.sigma, "batch_size": self.batch_size, "n0": n0, "n": n, "alpha": alpha, "base": base}
         start = time.perf_counter()
-        for i in range(x.shape[0]):
-            predictions[i], radii[i] = self.certify(x[i], n0, n, alpha, generator)
-            if progress is not None:
-                progress("certify", i + 1, x.shape[0])
+        parts = executor.map(
+            _certify_rows, shards, share_model(executor, self.model), executor.put(x.cpu()), settings, None if executor.remote else progress, label="certify rows"
+        )
+        predictions = torch.cat([p for p, _ in parts]) if parts else torch.empty(0, dtype=torch.long)
+        radii = torch.cat([r for _, r in parts]) if parts else torch.empty(0)
+        if executor.remote and progress is not None:
+            progress("certify", rows, rows)
         return CertResult(predictions, radii, y.cpu(), self.sigma, n, n0, alpha, time.perf_counter() - start)
+
+
+def _certify_rows(shard: tuple[int, int], model: Any, x: Tensor, settings: dict[str, Any], progress: Any) -> tuple[Tensor, Tensor]:
+    """One executor task of :meth:`Smoothed.certify_dataset`: CERTIFY rows ``shard[0]:shard[1]``."""
+    from advkit.engine import shard_seed
+
+    smoothed = Smoothed(model.unpack(), settings["sigma"], settings["batch_size"])
+    return certify_rows(smoothed, x, shard, settings["n0"], settings["n"], settings["alpha"], lambda i: shard_seed(settings["base"], i), progress)
+
+
+def certify_rows(
+    smoothed: Smoothed, x: Tensor, shard: tuple[int, int], n0: int, n: int, alpha: float, row_seed: Callable[[int], int], progress: Any = None
+) -> tuple[Tensor, Tensor]:
+    """CERTIFY rows ``shard[0]:shard[1]`` of ``x``; row ``i`` draws its noise from ``row_seed(i)``."""
+    first, last = shard
+    predictions = torch.empty(last - first, dtype=torch.long)
+    radii = torch.empty(last - first)
+    for k, i in enumerate(range(first, last)):
+        row_generator = torch.Generator().manual_seed(row_seed(i))
+        predictions[k], radii[k] = smoothed.certify(x[i], n0, n, alpha, row_generator)
+        if progress is not None:
+            progress("certify", i + 1, x.shape[0])
+    return predictions, radii

@@ -1,0 +1,129 @@
+"""The audit's plan: which steps run, on what inputs, after which others.
+
+A step is data: an id, a kind (the name of its function in :mod:`advkit.audit.steps`),
+its inputs (the config slice it reads) and the ids it depends on. The runner hashes
+each step's inputs with its dependencies' hashes, so a changed config or model
+invalidates exactly the steps that read it. A step kind with a row-wise part (CERTIFY)
+is split into shards of rows; shards never enter the hash, because every row seeds
+its own noise and the numbers do not depend on the split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from advkit.audit.config import AuditConfig, PoisoningConfig
+from advkit.core import Threat
+
+MASKING_ATTACK = "square"  # the gradient-free attack the gradient-masking check adds
+TRAINING_KINDS = ("adversarial-training", "poisoning", "certified-training")
+
+
+@dataclass
+class Step:
+    id: str
+    kind: str
+    inputs: dict[str, Any]
+    depends: list[str] = field(default_factory=list)
+    shards: list[tuple[int, int]] | None = None  # row ranges of a sharded step
+    hash: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "inputs": self.inputs, "depends": list(self.depends)}
+
+
+def step_slug(step_id: str) -> str:
+    """A step id as a file name."""
+    return step_id.replace("/", "__").replace("@", "_at_")
+
+
+def build_plan(config: AuditConfig, *, eval_rows: int, shards_per_step: int = 1) -> list[Step]:
+    """Every step of the audit, in an order where dependencies come first."""
+    plan: list[Step] = [Step("provenance", "provenance", {})]
+    plan += evasion_steps(config, "model", ["provenance"])
+    if config.backdoor_defense is not None:
+        plan.append(Step("inspect/model", "inspect", {"target": "model", "epochs": config.backdoor_defense.epochs}, ["provenance"]))
+    if config.adversarial_training is not None:
+        at = config.adversarial_training
+        plan.append(Step(f"train/{at.defense}", "adversarial-training", at.model_dump(), ["provenance"]))
+        plan += evasion_steps(config, f"train/{at.defense}", [f"train/{at.defense}"])
+    for index, scenario in enumerate(config.poisoning):
+        plan += poisoning_steps(config, f"{index}-{scenario.attack}", scenario)
+    if config.certification is not None:
+        certification = config.certification
+        rows = min(eval_rows, certification.limit or eval_rows)
+        shards = row_shards(rows, shards_per_step)
+        plan.append(Step("certify/model", "certification", {"target": "model", **certification.model_dump()}, ["provenance"], shards))
+        if certification.training is not None:
+            trained = f"train/certified-{certification.training}"
+            plan.append(Step(trained, "certified-training", certification.model_dump(), ["provenance"]))
+            plan.append(Step(f"certify/certified-{certification.training}", "certification", {"target": trained, **certification.model_dump()}, [trained], shards))
+    return plan
+
+
+def evasion_steps(config: AuditConfig, target: str, depends: list[str]) -> list[Step]:
+    """Every (attack, eps) step on one model, then per eps the gradient-masking check over them."""
+    label = "model" if target == "model" else target.split("/", 1)[1]
+    steps: list[Step] = []
+    for attack in config.evasion.attacks:
+        for eps in config.evasion.eps:
+            steps.append(Step(f"evasion/{label}/{attack}@{eps:g}", "evasion", {"attack": attack, "eps": eps, "target": target}, list(depends)))
+    for eps in config.evasion.eps:
+        evasion_ids = [f"evasion/{label}/{attack}@{eps:g}" for attack in config.evasion.attacks]
+        inputs = {"target": target, "eps": eps, "evasion_steps": evasion_ids, "attack": MASKING_ATTACK}
+        steps.append(Step(f"masking/{label}@{eps:g}", "gradient-masking", inputs, evasion_ids))
+    return steps
+
+
+def poisoning_steps(config: AuditConfig, name: str, scenario: PoisoningConfig) -> list[Step]:
+    """Poison and train; then, with a backdoor defense, inspect and repair."""
+    steps = [Step(f"poison/{name}", "poisoning", scenario.model_dump(), ["provenance"])]
+    defense = config.backdoor_defense
+    if defense is None:
+        return steps
+    steps.append(Step(f"inspect/{name}", "inspect", {"target": f"poison/{name}", "epochs": defense.epochs}, [f"poison/{name}"]))
+    for mitigation in defense.mitigations:
+        inputs = {"mitigation": mitigation, "poison": f"poison/{name}", "inspect": f"inspect/{name}"}
+        steps.append(Step(f"mitigate/{name}/{mitigation}", "backdoor-mitigation", inputs, [f"poison/{name}", f"inspect/{name}"]))
+    return steps
+
+
+def row_shards(rows: int, count: int) -> list[tuple[int, int]]:
+    """``rows`` split into at most ``count`` contiguous, near-equal ranges."""
+    count = max(1, min(count, rows))
+    size = -(-rows // count) if rows else 1
+    return [(start, min(rows, start + size)) for start in range(0, rows, size)] or [(0, 0)]
+
+
+def closure(plan: list[Step], step_id: str) -> list[str]:
+    """The ids ``step_id`` depends on, directly or through others."""
+    by_id = {step.id: step for step in plan}
+    seen: list[str] = []
+    stack = list(by_id[step_id].depends)
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.append(current)
+            stack.extend(by_id[current].depends)
+    return seen
+
+
+def threat_for(config: AuditConfig, eps: float, attack: str | None = None) -> Threat:
+    """The audit's threat at one budget; the knowledge level is what ``attack`` needs (white by default)."""
+    from advkit.registry import lookup
+
+    knowledge = lookup(attack, "evasion").knowledge if attack else "white"
+    return Threat(norm=config.evasion.norm, eps=eps, goal=config.evasion.goal, knowledge=knowledge)
+
+
+def scenario_trigger(scenario: PoisoningConfig) -> Any:
+    """The poisoning attack a scenario describes (BadNets patch or blend)."""
+    from advkit.attacks.poisoning import BadNets, Blend, BlendTrigger, PatchTrigger
+
+    t = scenario.trigger
+    if scenario.attack == "badnets":
+        position: Any = tuple(t.position) if isinstance(t.position, list) else t.position
+        values = tuple(t.values) if t.values is not None else None
+        return BadNets(PatchTrigger(size=t.size, position=position, pattern=t.pattern, values=values), target=scenario.target, rate=scenario.rate, mode=scenario.mode)
+    return Blend(BlendTrigger(alpha=t.alpha), target=scenario.target, rate=scenario.rate, mode=scenario.mode)

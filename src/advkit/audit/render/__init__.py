@@ -1,0 +1,1 @@
+"""The report's views for people and tools: HTML, Markdown, SARIF 2.1.0."""

@@ -1,0 +1,38 @@
+"""In-process executor: tasks run one after another, in the order they were submitted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from advkit.engine import Executor, Pending, Shared
+
+
+@dataclass
+class LocalExecutor(Executor):
+    """The default: no processes, no copies; a task runs when it is waited for.
+
+    Running lazily in submission order keeps a local audit's step order (and its
+    progress output) exactly the plan's order.
+    """
+
+    name: str = "local"
+
+    def __post_init__(self) -> None:
+        import torch
+
+        self.threads = torch.get_num_threads()  # a local task uses this process's threads
+
+    def _put(self, value: Any) -> Any:
+        return value
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], label: str) -> Pending:
+        return Pending(label=label, call=(fn, args))
+
+    def _wait(self, pending: list[Pending]) -> tuple[Pending, Any]:
+        task = min(pending, key=lambda p: p.seq)
+        assert task.call is not None
+        fn, args = task.call
+        task.call = None
+        return task, fn(*[a.ref if isinstance(a, Shared) else a for a in args])
