@@ -44,7 +44,7 @@ certification:
   training: gaussian
   epochs: 3
 """
-VOLATILE = ("timings", "cached_steps", "environment")
+VOLATILE = ("timings", "cached_steps", "environment", "executor")
 
 
 def numbers(report: dict) -> dict:

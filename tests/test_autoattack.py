@@ -13,7 +13,7 @@ from advkit.attacks.evasion.fab import box_hyperplane_projection
 from advkit.core import Threat
 from advkit.errors import AdvkitError
 from advkit.registry import build_evasion, lookup
-from advkit.sanity import check_eps_zero
+from advkit.attacks.sanity import check_eps_zero
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -307,6 +307,8 @@ CASES = [
     Case("certify-alpha-two", ["certify", "--alpha", "2"], "--alpha must be in (0, 1)"),
     Case("certify-n-zero", ["certify", "--n", "0"], "--n must be >= 1"),
     Case("certify-batch-size-zero", ["certify", "--batch-size", "0"], "--batch-size must be >= 1"),
+    Case("certify-executor-bogus", ["certify", "--executor", "bogus"], "--executor bogus"),
+    Case("certify-workers-zero", ["certify", "--workers", "0"], "--workers must be >= 1"),
     # poison
     Case("poison-rate-zero", ["poison", "badnets", "--rate", "0"], "rate"),
     Case("poison-rate-two", ["poison", "badnets", "--rate", "2"], "rate"),
@@ -331,6 +333,8 @@ CASES = [
     Case("audit-out-holds-a-run", ["audit", "--out", "@held"], "already holds a run"),
     Case("audit-out-is-a-file", ["audit", "--out", "@afile"], "not a directory"),
     Case("audit-executor-bogus", ["audit", "--executor", "bogus"], "--executor bogus"),
+    Case("audit-workers-zero", ["audit", "--workers", "0"], "--workers must be >= 1"),
+    Case("audit-address-without-ray", ["audit", "--address", "ray://head:10001"], "use it with --executor ray"),
     Case("audit-config-model-missing", ["audit", "@missingmodel.yaml"], "no such file"),
     # steal
     Case("steal-unknown-name", ["steal", "bogus"], "unknown extraction"),

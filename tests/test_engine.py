@@ -45,18 +45,18 @@ def test_bad_executor_settings_are_one_line(kwargs: dict, message: str) -> None:
 class _ManyWorkers(LocalExecutor):
     """A local executor that splits work as a 3-worker remote one would (same process)."""
 
-    remote = True
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.workers = 3
+        self.remote, self.workers = True, 3
 
 
 def test_certify_numbers_do_not_depend_on_sharding(digits_model, digits_test) -> None:
     x, y = digits_test.x[:10], digits_test.y[:10]
     smoothed = Smoothed(digits_model, 0.25)
     one = smoothed.certify_dataset(x, y, 20, 200, 0.001, torch.Generator().manual_seed(5))
-    split = smoothed.certify_dataset(x, y, 20, 200, 0.001, torch.Generator().manual_seed(5), executor=_ManyWorkers())
+    many = _ManyWorkers()
+    split = smoothed.certify_dataset(x, y, 20, 200, 0.001, torch.Generator().manual_seed(5), executor=many)
+    assert many.stats.tasks == 10  # 4 shards per worker wanted: 10 rows in shards of one row
     assert torch.equal(one.prediction, split.prediction) and torch.equal(one.radius, split.radius)
     assert (one.prediction == y).float().mean() >= 0.8  # the smoothed digits model is accurate
     other = smoothed.certify_dataset(x, y, 20, 200, 0.001, torch.Generator().manual_seed(6))

@@ -84,8 +84,8 @@ def test_audit_on_ray_matches_local(ray_executor, local_reports, tmp_path) -> No
         report = _audit(raw, tmp_path / name, ray_executor)
         assert _numbers(report) == _numbers(local_reports[name]), name
         assert report["executor"]["kind"] == "ray" and report["executor"]["workers"] == 2
-    # the model went to the object store once per run, not once per task
-    assert ray_executor.stats.puts < ray_executor.stats.tasks
+    # per run: the model and the evaluation split went to the object store once, not once per task
+    assert report["executor"]["puts"] == 2 and report["executor"]["tasks"] == 3 + 8, report["executor"]
     assert report["certification"][0]["rows"] == 40
 
 
@@ -168,3 +168,13 @@ def test_two_node_cluster_runs_tasks_on_both_nodes(ray_executor, local_reports, 
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_failing_step_ends_the_audit_with_one_line_and_keeps_finished_steps(ray_executor, tmp_path) -> None:  # noqa: ANN001
+    raw = {**CERTIFY_HEAVY, "poisoning": [{"attack": "badnets", "target": 12}]}  # digits has classes 0..9
+    out = tmp_path / "run"
+    with pytest.raises(AdvkitError, match=r"^poisoning target 12 is outside the model's classes 0\.\.9$"):
+        AuditRunner(_config(raw), out, executor=ray_executor).run()
+    finished = {p.name for p in (out / "steps").glob("*.json")}
+    assert "provenance.json" in finished and "poison__0-badnets.json" not in finished
+    assert not (out / "report.json").exists()

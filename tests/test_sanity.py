@@ -5,7 +5,7 @@ from torch import nn
 
 from advkit.attacks.evasion import PGD
 from advkit.core import ModelHandle, ModelInfo, Threat
-from advkit.sanity import check_blackbox_vs_whitebox, run_checks
+from advkit.attacks.sanity import check_blackbox_vs_whitebox, run_checks
 
 
 def _by_check(report):

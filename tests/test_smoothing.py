@@ -42,9 +42,14 @@ def test_streaming_keeps_counts_and_abstentions_are_never_correct(digits_model, 
     assert bool(abstained.any()), "sigma=1 on 8x8 digits should make the smoothed model abstain somewhere"
     assert not bool(result.correct[abstained].any())
     assert bool((result.radius[abstained] == 0).all())
-    # the same rows through the paper's pseudocode, one shared noise stream as certify_dataset uses
-    generator = torch.Generator().manual_seed(0)
-    ref = [reference_certify(digits_model, digits_test.x[i], 1.0, 20, 200, 0.001, generator) for i in range(40)]
+    # the same rows through the paper's pseudocode, each row on its own noise stream as
+    # certify_dataset seeds it: one draw of the generator (seed 0 by default), then row i
+    from advkit.engine import shard_seed
+
+    base = shard_seed(int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(0))))
+    ref = [
+        reference_certify(digits_model, digits_test.x[i], 1.0, 20, 200, 0.001, torch.Generator().manual_seed(shard_seed(base, i))) for i in range(40)
+    ]
     ref_pred = torch.tensor([c for c, _ in ref])
     ref_radius = torch.tensor([r for _, r in ref], dtype=torch.float32)
     ref_correct = ref_pred == digits_test.y[:40]

@@ -35,3 +35,26 @@ def test_the_key_covers_the_architecture_and_training_code():
         assert recipe_key("digits-cnn", recipe, code=code_hash(edited)) != key
     assert recipe_key("digits-cnn", replace(recipe, epochs=recipe.epochs + 1)) != key
     assert recipe_key("mnist-cnn", recipe) != key
+
+
+def test_specs_resolve_through_one_place(digits_model, tmp_path):
+    from advkit.errors import AdvkitError
+    from advkit.models import io, zoo
+    from advkit.models.resolve import model_file, resolve
+
+    assert model_file("zoo:digits-cnn") == zoo.cache_path("digits-cnn") and zoo.cache_path("digits-cnn").is_file()
+    assert model_file(str(tmp_path / "m.safetensors")) == tmp_path / "m.safetensors"
+    assert resolve("zoo:digits-cnn").info.arch == "digits-cnn"
+    try:  # io loads files only; a zoo spec there is a clear error, not a silent second path
+        io.load_model("zoo:digits-cnn")
+    except AdvkitError as exc:
+        assert "a zoo spec, not a file" in str(exc)
+    else:
+        raise AssertionError("io.load_model must refuse zoo specs")
+    for bad in (lambda: resolve("zoo:nope"), lambda: model_file("zoo:nope")):
+        try:
+            bad()
+        except AdvkitError as exc:
+            assert "unknown zoo model zoo:nope" in str(exc)
+        else:
+            raise AssertionError("an unknown zoo model must be an error")

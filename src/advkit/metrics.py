@@ -128,7 +128,7 @@ def worst_of_results(results: list[Any]) -> dict[str, Any]:
     :func:`worst_case` plus the threat (the least knowledge any of the attacks needed, so
     a worst case that includes a black-box attack says so) and the summed seconds.
     """
-    from advkit.core import KNOWLEDGE_LEVELS
+    from advkit.core.threat import KNOWLEDGE_LEVELS
 
     first = results[0]
     record = worst_case(

@@ -6,6 +6,7 @@ ATLAS ids follow MITRE ATLAS 5.x (techniques AML.T*, mitigations AML.M*).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -90,17 +91,68 @@ def build_evasion(name: str, threat: Any, settings: dict[str, Any], *, strict: b
     return entry.factory(threat, **{k: v for k, v in settings.items() if k in accepted}, **fixed)
 
 
+# MITRE ATLAS 5.x names of the ids the entries carry (techniques AML.T*, mitigations AML.M*).
+ATLAS_NAMES = {
+    "AML.T0015": "Evade AI Model",
+    "AML.T0043.000": "Craft Adversarial Data: White-Box Optimization",
+    "AML.T0043.001": "Craft Adversarial Data: Black-Box Optimization",
+    "AML.T0043.002": "Craft Adversarial Data: Black-Box Transfer",
+    "AML.T0043.004": "Craft Adversarial Data: Insert Backdoor Trigger",
+    "AML.T0020": "Poison Training Data",
+    "AML.T0018.000": "Manipulate AI Model: Poison AI Model",
+    "AML.T0018.001": "Manipulate AI Model: Modify AI Model Architecture",
+    "AML.T0024.000": "Exfiltration via AI Inference API: Infer Training Data Membership",
+    "AML.T0024.002": "Exfiltration via AI Inference API: Extract AI Model",
+    "AML.T0011.000": "User Execution: Unsafe AI Artifacts",
+    "AML.M0003": "Model Hardening",
+    "AML.M0015": "Adversarial Input Detection",
+    "AML.M0007": "Sanitize Training Data",
+    "AML.M0008": "Validate AI Model",
+    "AML.M0014": "Verify AI Artifacts",
+}
+# Every attack of a family also is this technique (an evasion attack evades the model).
+FAMILY_ATLAS = {"evasion": ("AML.T0015",)}
+
+
+def atlas_ids(name: str) -> list[dict[str, str]]:
+    """``[{id, name}]`` of the registered method ``name``: its family's ids, then its own."""
+    entry = lookup(name)
+    ids = [*FAMILY_ATLAS.get(entry.family, ()), *(part.strip() for part in entry.atlas.split(",") if part.strip())]
+    return [{"id": atlas_id, "name": ATLAS_NAMES.get(atlas_id, "")} for atlas_id in dict.fromkeys(ids)]
+
+
 def entries() -> list[Entry]:
     _load_all()
     return sorted(REGISTRY.values(), key=lambda e: (e.family, e.name))
 
 
+# The modules whose ``@register`` decorators fill the registry, imported by name the first
+# time the registry is read (plugin discovery, like entry points). Names, not import
+# statements: each of them imports this module for ``register``, so importing them back
+# would make the registry part of an import cycle. tests/test_layout.py checks that this
+# lists every module that calls ``register``.
+PLUGIN_MODULES: tuple[str, ...] = (
+    "advkit.attacks.evasion.apgd",
+    "advkit.attacks.evasion.autoattack",
+    "advkit.attacks.evasion.fab",
+    "advkit.attacks.evasion.fgsm",
+    "advkit.attacks.evasion.hopskipjump",
+    "advkit.attacks.evasion.nes",
+    "advkit.attacks.evasion.one_pixel",
+    "advkit.attacks.evasion.pgd",
+    "advkit.attacks.evasion.square",
+    "advkit.attacks.extraction",
+    "advkit.attacks.poisoning.backdoor",
+    "advkit.attacks.poisoning.pacd",
+    "advkit.certify.smoothing",
+    "advkit.certify.training",
+    "advkit.defenses.adversarial_training",
+    "advkit.defenses.backdoor.mitigation",
+    "advkit.defenses.backdoor.neural_cleanse",
+)
+
+
 def _load_all() -> None:
-    # Importing the modules runs their @register decorators.
-    import advkit.attacks.evasion  # noqa: F401
-    import advkit.attacks.extraction  # noqa: F401
-    import advkit.attacks.poisoning  # noqa: F401
-    import advkit.certify.training  # noqa: F401
-    import advkit.defenses.adversarial_training  # noqa: F401
-    import advkit.defenses.backdoor.mitigation  # noqa: F401
-    import advkit.defenses.backdoor.neural_cleanse  # noqa: F401
+    """Import every plugin module, which runs its ``@register`` decorators."""
+    for module in PLUGIN_MODULES:
+        importlib.import_module(module)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from advkit.audit.atlas import ids_for
+from advkit.registry import atlas_ids
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 
@@ -27,7 +27,18 @@ def _severity_for_budget(eps: float, norm: str) -> str:
 
 
 def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each finding with severity, title, detail and ATLAS ids; worst first."""
+    """Each finding with severity, title, detail and ATLAS ids; worst first (one function per section)."""
+    out = _reliability_findings(report)
+    out += _audited_model_backdoor_findings(report["backdoor"]["audited_model"])
+    out += _evasion_findings(report)
+    for scenario in report["backdoor"]["scenarios"]:
+        out += _poisoning_findings(scenario)
+    out += _certification_findings(report.get("certification", []))
+    return sorted(out, key=lambda f: SEVERITIES.index(f["severity"]))
+
+
+def _reliability_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reliability checks of the provenance step, and eps=0 checks of every attack."""
     out: list[dict[str, Any]] = []
     sanity = report["provenance"].get("sanity", {})
     for reason in sanity.get("reasons", []):
@@ -36,58 +47,63 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
         zero = record.get("eps_zero", {})
         if zero and not zero.get("ok", True):
             out.append({"severity": "high", "title": f"{record['attack']}: eps=0 changes accuracy", "detail": zero["detail"], "atlas": []})
-    audited = report["backdoor"]["audited_model"]
-    if audited is not None:
-        if audited["flagged"]:
-            flagged = ", ".join(str(c) for c in audited["flagged"])
-            out.append({
-                "severity": "critical",
-                "title": f"Backdoor suspected in the audited model (target class {flagged})",
-                "detail": "Neural Cleanse found an abnormally small trigger that sends clean inputs to this class (anomaly index > 2).",
-                "atlas": ids_for("backdoor-in-model"),
-            })
-        else:
-            out.append({
-                "severity": "info",
-                "title": "No backdoor found in the audited model",
-                "detail": "Neural Cleanse found no class with an abnormally small trigger; it does not rule out large or input-specific triggers.",
-                "atlas": ids_for("neural-cleanse"),
-            })
-    out += _evasion_findings(report)
-    for scenario in report["backdoor"]["scenarios"]:
-        rate = scenario["params"]["rate"]
-        severity = "high" if scenario["attack_success_rate"] >= 0.9 else "medium" if scenario["attack_success_rate"] >= 0.5 else "low"
+    return out
+
+
+def _audited_model_backdoor_findings(audited: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Neural Cleanse on the audited model itself."""
+    if audited is None:
+        return []
+    if audited["flagged"]:
+        flagged = ", ".join(str(c) for c in audited["flagged"])
+        return [{
+            "severity": "critical",
+            "title": f"Backdoor suspected in the audited model (target class {flagged})",
+            "detail": "Neural Cleanse found an abnormally small trigger that sends clean inputs to this class (anomaly index > 2).",
+            "atlas": atlas_ids("badnets"),
+        }]
+    return [{
+        "severity": "info",
+        "title": "No backdoor found in the audited model",
+        "detail": "Neural Cleanse found no class with an abnormally small trigger; it does not rule out large or input-specific triggers.",
+        "atlas": atlas_ids("neural-cleanse"),
+    }]
+
+
+def _poisoning_findings(scenario: dict[str, Any]) -> list[dict[str, Any]]:
+    """One poisoning scenario: the planted backdoor, whether Neural Cleanse finds it, each repair."""
+    rate = scenario["params"]["rate"]
+    success = scenario["attack_success_rate"]
+    out: list[dict[str, Any]] = [{
+        "severity": "high" if success >= 0.9 else "medium" if success >= 0.5 else "low",
+        "title": f"Poisoning {rate:.0%} of the training data with {scenario['attack']} plants a backdoor that works on {success:.1%} of inputs",
+        "detail": f"clean accuracy of the poisoned model stays {scenario['clean_accuracy']:.1%}; the audited model obeys the same trigger on {scenario['audited_model_trigger_success']:.1%}",
+        "atlas": scenario["atlas"],
+    }]
+    inspection = scenario.get("inspection")
+    target = scenario["params"]["target"]
+    if inspection is not None:
+        caught = target in inspection["flagged"]
         out.append({
-            "severity": severity,
-            "title": f"Poisoning {rate:.0%} of the training data with {scenario['attack']} plants a backdoor that works on {scenario['attack_success_rate']:.1%} of inputs",
-            "detail": f"clean accuracy of the poisoned model stays {scenario['clean_accuracy']:.1%}; the audited model obeys the same trigger on {scenario['audited_model_trigger_success']:.1%}",
-            "atlas": scenario["atlas"],
+            "severity": "info" if caught else "medium",
+            "title": f"Neural Cleanse {'finds' if caught else 'misses'} the planted backdoor (target {target}; flagged {inspection['flagged'] or 'nothing'})",
+            "detail": "model validation by trigger reverse engineering",
+            "atlas": atlas_ids("neural-cleanse"),
         })
-        inspection = scenario.get("inspection")
-        target = scenario["params"]["target"]
-        if inspection is not None:
-            caught = target in inspection["flagged"]
-            out.append({
-                "severity": "info" if caught else "medium",
-                "title": f"Neural Cleanse {'finds' if caught else 'misses'} the planted backdoor (target {target}; flagged {inspection['flagged'] or 'nothing'})",
-                "detail": "model validation by trigger reverse engineering",
-                "atlas": ids_for("neural-cleanse"),
-            })
-        for mitigation in scenario["mitigations"]:
-            if not mitigation.get("applied"):
-                out.append({"severity": "medium", "title": f"{mitigation['mitigation']} not applied", "detail": mitigation["reason"], "atlas": mitigation["atlas"]})
-                continue
-            out.append({
-                "severity": "info",
-                "title": (
-                    f"{mitigation['mitigation']} brings backdoor success from {mitigation['attack_success_rate_before']:.1%} "
-                    f"to {mitigation['attack_success_rate_after']:.1%}"
-                ),
-                "detail": f"held-out clean accuracy {mitigation['held_out_clean_accuracy_before']:.1%} -> {mitigation['held_out_clean_accuracy_after']:.1%}",
-                "atlas": mitigation["atlas"],
-            })
-    out += _certification_findings(report.get("certification", []))
-    return sorted(out, key=lambda f: SEVERITIES.index(f["severity"]))
+    for mitigation in scenario["mitigations"]:
+        if not mitigation.get("applied"):
+            out.append({"severity": "medium", "title": f"{mitigation['mitigation']} not applied", "detail": mitigation["reason"], "atlas": mitigation["atlas"]})
+            continue
+        out.append({
+            "severity": "info",
+            "title": (
+                f"{mitigation['mitigation']} brings backdoor success from {mitigation['attack_success_rate_before']:.1%} "
+                f"to {mitigation['attack_success_rate_after']:.1%}"
+            ),
+            "detail": f"held-out clean accuracy {mitigation['held_out_clean_accuracy_before']:.1%} -> {mitigation['held_out_clean_accuracy_after']:.1%}",
+            "atlas": mitigation["atlas"],
+        })
+    return out
 
 
 def _atlas_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -174,7 +190,7 @@ def _evasion_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
                     f"{before['adversarial_accuracy']:.1%} to {after['adversarial_accuracy']:.1%} (every attack, per row)"
                 ),
                 "detail": f"clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}",
-                "atlas": ids_for(model["id"].split("/", 1)[1]),
+                "atlas": atlas_ids(model["id"].split("/", 1)[1]),
             })
     return out
 

@@ -35,5 +35,5 @@ class RunRecord:
             labels=labels,
             num_classes=runner.model().num_classes,
             device=str(runner.model().device),
-            executor={**runner.executor.describe(), **runner.executor.stats.to_dict()},
+            executor={**runner.executor.describe(), **runner.run_stats.to_dict()},
         )

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from advkit import __version__
-from advkit.audit.atlas import ids_for
 from advkit.audit.findings import findings
 from advkit.errors import AdvkitError
+from advkit.registry import atlas_ids
 
 if TYPE_CHECKING:
     from advkit.audit.record import RunRecord
@@ -48,16 +48,16 @@ def build_report(run: RunRecord) -> dict[str, Any]:
             record = dict(record)
             per_row.append(record.pop("per_row", None))
             record["step"] = step.id
-            record["atlas"] = ids_for(f"evasion:{record['threat']['knowledge']}")
+            record["atlas"] = atlas_ids(record["attack"])
             evasion.append(record)
     scenarios = []
     for step in plan:
         if step.kind == "poisoning":
             name = step.id.split("/", 1)[1]
-            scenario = {"id": step.id, **results[step.id], "atlas": ids_for("poisoning")}
+            scenario = {"id": step.id, **results[step.id], "atlas": atlas_ids(results[step.id]["attack"])}
             scenario["inspection"] = results.get(f"inspect/{name}")
             scenario["mitigations"] = [
-                {**results[s.id], "atlas": ids_for(s.inputs["mitigation"])} for s in plan if s.kind == "backdoor-mitigation" and s.inputs["poison"] == step.id
+                {**results[s.id], "atlas": atlas_ids(s.inputs["mitigation"])} for s in plan if s.kind == "backdoor-mitigation" and s.inputs["poison"] == step.id
             ]
             scenarios.append(scenario)
     certification = []
@@ -65,7 +65,7 @@ def build_report(run: RunRecord) -> dict[str, Any]:
         if step.kind == "certification":
             target = step.inputs["target"]
             label = models[0]["label"] if target == "model" else f"{results[target]['defense']} sigma={results[target]['sigma']:g} (certified training)"
-            certification.append({"step": step.id, "label": label, **results[step.id], "atlas": ids_for("randomized-smoothing" if target == "model" else results[target]["defense"])})
+            certification.append({"step": step.id, "label": label, **results[step.id], "atlas": atlas_ids("randomized-smoothing" if target == "model" else results[target]["defense"])})
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -81,7 +81,7 @@ def build_report(run: RunRecord) -> dict[str, Any]:
         "backdoor": {
             "audited_model": results.get("inspect/model"),
             "scenarios": scenarios,
-            "atlas": ids_for("neural-cleanse"),
+            "atlas": atlas_ids("neural-cleanse"),
         },
         "certification": certification,
         "timings": {step.id: run.timings[step.id] for step in plan},

@@ -56,14 +56,17 @@ class AuditRunner:
         self._fingerprint: dict[str, Any] | None = None
         self._shared: dict[str, Shared] = {}
         self._total = 0
+        self.run_stats = self.executor.stats.snapshot()
+        self._inputs_of: dict[str, dict[str, Any]] = {}
 
     # -- inputs -------------------------------------------------------------------------
     def model(self) -> ModelHandle:
         if self._model is None:
-            from advkit.models.io import check_model_fits_data, load_model
+            from advkit.models.io import check_model_fits_data
+            from advkit.models.resolve import resolve
 
             data = self.eval_data()
-            self._model = load_model(self.config.model, sample_shape=data.input_shape)
+            self._model = resolve(self.config.model, sample_shape=data.input_shape)
             check_model_fits_data(self._model, data.input_shape, data.num_classes, self.config.model, self.config.data)
         return self._model
 
@@ -77,16 +80,10 @@ class AuditRunner:
             self._train = load_dataset(self.config.data, split="train")
         return self._train
 
-    def model_file(self) -> Path | None:
-        spec = self.config.model
-        if spec.startswith("zoo:"):
-            from advkit.fileio import cache_dir
-            from advkit.models.zoo import ZOO, recipe_key
+    def model_file(self) -> Path:
+        from advkit.models.resolve import model_file
 
-            name = spec[4:]
-            self.model()  # trains and caches it on first use
-            return cache_dir() / "zoo" / f"{name}-{recipe_key(name, ZOO[name])}.safetensors"
-        return Path(spec)
+        return model_file(self.config.model)
 
     def fingerprint(self) -> dict[str, Any]:
         """SHA-256 of the model file and every data file (the provenance manifest), computed once."""
@@ -95,7 +92,7 @@ class AuditRunner:
 
             files: dict[str, list[Path]] = {"data": list(self.eval_data().files)}
             model_file = self.model_file()
-            if model_file is not None and model_file.is_file():
+            if model_file.is_file():
                 files["model"] = [model_file]
             manifest = build_manifest(files)
             data = self.eval_data()
@@ -129,7 +126,9 @@ class AuditRunner:
         self._hash_plan(plan)
         for step in plan:
             self._read_back(step)
+        before = self.executor.stats.snapshot()
         self._execute([s for s in plan if s.id not in self.results], plan)
+        self.run_stats = self.executor.stats.since(before)
         record = RunRecord.of(self, plan)
         report = build_report(record)
         write_json(self.run_dir / "report.json", report)
@@ -201,7 +200,11 @@ class AuditRunner:
                     waiting.remove(step)
             if not running:
                 raise AdvkitError(f"internal: steps {[s.id for s in waiting]} wait on steps that never run")
-            done, outcome = self.executor.wait([entry[0] for entry in running.values()])
+            try:
+                done, outcome = self.executor.wait([entry[0] for entry in running.values()])
+            except AdvkitError:
+                self._salvage(running, parts)
+                raise
             _, step, index = running.pop(id(done))
             self._write_files(outcome.files)
             parts.setdefault(step.id, {})[index] = outcome
@@ -209,16 +212,33 @@ class AuditRunner:
                 collected = parts.pop(step.id)
                 self._finish(step, [collected[i] for i in range(len(collected))])
 
+    def _salvage(self, running: dict[int, tuple[Pending, Step, int]], parts: dict[str, dict[int, TaskOutcome]]) -> None:
+        """After a task failed: keep every step that already finished elsewhere, stop the rest."""
+        pending = [entry[0] for entry in running.values()]
+        for task in self.executor.poll(pending):
+            _, step, index = running.pop(id(task))
+            try:
+                _, outcome = self.executor.wait([task])
+            except AdvkitError:
+                continue
+            self._write_files(outcome.files)
+            parts.setdefault(step.id, {})[index] = outcome
+            if len(parts[step.id]) == len(step.shards or [None]):
+                collected = parts.pop(step.id)
+                self._finish(step, [collected[i] for i in range(len(collected))])
+        self.executor.cancel([entry[0] for entry in running.values()])
+
     def _submit(self, step: Step, shard: tuple[int, int] | None, plan: list[Step]) -> Pending:
         remote = self.executor.remote
         needed = closure(plan, step.id)
-        names = sorted({name for d in needed for name in artifact_names(self.results[d])}) if remote else []
+        names = sorted({name for d in needed for name in artifact_names(self.results[d], inputs_only=True)}) if remote else []
+        self._inputs_of = {s.id: s.inputs for s in plan}
         task = StepTask(
             step=step,
             shard=shard,
             config=self.config.model_dump(mode="json"),
-            results={d: self.results[d] for d in needed} if remote else self.results,
-            inputs_of={s.id: s.inputs for s in plan},
+            results={d: self.results[d] for d in needed},  # the same on every executor: a step sees its dependencies only
+            inputs_of=self._inputs_of,
             fingerprint=self.fingerprint(),
             run_dir=None if remote else str(self.run_dir),
             artifact_names=names,
@@ -267,10 +287,12 @@ class AuditRunner:
     def _driver_workspace(self) -> Workspace:
         from advkit.models.portable import ResidentModel
 
-        return Workspace(self.config, self.run_dir, ResidentModel(self.model()), self.eval_data(), None, self.results, {}, self.fingerprint(), self.progress)
+        return Workspace(self.config, self.run_dir, ResidentModel(self.model()), self.eval_data(), None, self.results, self._inputs_of, self.fingerprint(), self.progress)
 
 
-def artifact_names(result: dict[str, Any]) -> list[str]:
-    """The run-relative files a step result names (models, examples, triggers)."""
+def artifact_names(result: dict[str, Any], *, inputs_only: bool = False) -> list[str]:
+    """The run-relative files a step result names: models, triggers and (unless
+    ``inputs_only``: what later steps read) the example images only the report shows."""
     nested = [result["record"]] if isinstance(result.get("record"), dict) else []
-    return [r[k] for r in [result, *nested] for k in ("artifact", "examples", "triggers") if isinstance(r.get(k), str)]
+    keys = ("artifact", "triggers") if inputs_only else ("artifact", "examples", "triggers")
+    return [r[k] for r in [result, *nested] for k in keys if isinstance(r.get(k), str)]

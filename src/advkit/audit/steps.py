@@ -28,7 +28,7 @@ EXAMPLES = 8
 
 def provenance(ctx: StepContext) -> dict[str, Any]:
     """SHA-256 of the model file and data files, plus the reliability checks."""
-    from advkit.sanity import run_checks
+    from advkit.attacks.sanity import run_checks
 
     env = ctx.env
     manifest = json.loads(json.dumps(env.fingerprint))
@@ -56,7 +56,7 @@ def evasion(ctx: StepContext) -> dict[str, Any]:
 
 def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float) -> dict[str, Any]:
     """Run one attack on the evaluation rows; the record keeps per-row outcomes for the worst case."""
-    from advkit.sanity import check_eps_zero
+    from advkit.attacks.sanity import check_eps_zero
 
     cfg = ctx.env.config
     model = _target_model(ctx, target)
@@ -98,7 +98,7 @@ def gradient_masking(ctx: StepContext) -> dict[str, Any]:
     Square (same norm and budget, ``evasion.max_queries`` per image) itself, and its rows
     enter the worst case.
     """
-    from advkit.sanity import check_blackbox_vs_strongest, check_gradients, check_probability_outputs
+    from advkit.attacks.sanity import check_blackbox_vs_strongest, check_gradients, check_probability_outputs
 
     inputs = ctx.step.inputs
     target, eps = inputs["target"], inputs["eps"]
@@ -162,37 +162,28 @@ def _trainable(ctx: StepContext, purpose: str) -> tuple[str, ModelInfo]:
     return info.arch, info
 
 
-def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, objective: Any, epochs: int, extra: dict[str, Any], name: str) -> dict[str, Any]:
-    from advkit.models import TrainConfig, build, fit, save_model
-    from advkit.models.zoo import ZOO
+def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str, epochs: int | None, metadata: dict[str, Any], name: str, **recipe: Any) -> dict[str, Any]:
+    """Train a fresh copy of the audited architecture with the recipe ``advkit train`` uses; save it."""
+    from advkit.models import save_model
+    from advkit.models.recipes import train_recipe
 
-    arch, info = _trainable(ctx, extra.get("objective", "training"))
-    c, h, _ = info.input_shape
-    seed = ctx.env.config.seed
-    net = build(arch, in_channels=c, num_classes=info.num_classes, image_size=h, seed=seed)
-    new_info = ModelInfo(
-        input_shape=info.input_shape, num_classes=info.num_classes, bounds=info.bounds, mean=info.mean, std=info.std,
-        classes=info.classes, arch=arch, extra=extra,
+    arch, info = _trainable(ctx, metadata.get("objective", "training"))
+    trained = train_recipe(
+        arch, info, x, y, defense=defense, epochs=epochs, seed=ctx.env.config.seed, device=ctx.env.model().device, metadata=metadata, progress=ctx.env.progress, **recipe
     )
-    handle = ModelHandle(net, new_info, device=ctx.env.model().device)
-    lr = ZOO[arch].lr if arch in ZOO else 2e-3
-    fit(handle.network, x, y, TrainConfig(epochs=epochs, lr=lr, seed=seed), objective, progress=ctx.env.progress)
     path = ctx.artifact(f"{name}.safetensors")
-    save_model(handle, path)
+    save_model(trained.handle, path)
     data = ctx.env.eval_data()
-    return {"artifact": ctx.relative(path), "clean_accuracy": float((handle.predict(data.x) == data.y).float().mean())}
+    return {"artifact": ctx.relative(path), "clean_accuracy": float((trained.handle.predict(data.x) == data.y).float().mean())}
 
 
 def adversarial_training(ctx: StepContext) -> dict[str, Any]:
     """Train a hardened copy of the audited architecture on the train split."""
-    from advkit.defenses.adversarial_training import DEFENSES
-
     cfg = ctx.env.config.adversarial_training
     assert cfg is not None
     train = ctx.env.train_data()
-    steps_per_epoch = -(-len(train) // 64)
-    objective = DEFENSES[cfg.defense](eps=cfg.eps, norm=ctx.env.config.evasion.norm, warmup_steps=steps_per_epoch * max(1, cfg.epochs // 10))
-    result = _train(ctx, train.x, train.y, objective, cfg.epochs, {"objective": cfg.defense, "eps": cfg.eps}, cfg.defense)
+    metadata = {"objective": cfg.defense, "eps": cfg.eps}
+    result = _train(ctx, train.x, train.y, cfg.defense, cfg.epochs, metadata, cfg.defense, eps=cfg.eps, norm=ctx.env.config.evasion.norm)
     result.update({"defense": cfg.defense, "eps": cfg.eps, "epochs": cfg.epochs})
     return result
 
@@ -200,18 +191,16 @@ def adversarial_training(ctx: StepContext) -> dict[str, Any]:
 def poisoning(ctx: StepContext) -> dict[str, Any]:
     """Poison the train split, train the architecture on it, measure the backdoor."""
     from advkit.attacks.poisoning import backdoor_success_rate
-    from advkit.models.zoo import ZOO
 
     scenario = PoisoningConfig.model_validate(ctx.step.inputs)
     attack = scenario_trigger(scenario)
     train = ctx.env.train_data()
-    arch, info = _trainable(ctx, "the poisoning scenario")
+    _, info = _trainable(ctx, "the poisoning scenario")
     if scenario.target >= info.num_classes:
         raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
     poisoned = attack(train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
-    epochs = ZOO[arch].epochs if arch in ZOO else 20
     name = ctx.step.id.split("/", 1)[1]
-    result = _train(ctx, poisoned.x, poisoned.y, None, epochs, {"objective": "standard", "poisoned": attack.name}, f"poisoned-{name}")
+    result = _train(ctx, poisoned.x, poisoned.y, "standard", None, {"objective": "standard", "poisoned": attack.name}, f"poisoned-{name}")
     data = ctx.env.eval_data()
     result.update(
         {
@@ -271,13 +260,11 @@ def backdoor_mitigation(ctx: StepContext) -> dict[str, Any]:
 
 def certified_training(ctx: StepContext) -> dict[str, Any]:
     """Train a copy of the audited architecture with a certified-training objective."""
-    from advkit.certify.training import certified_objective
-
     cfg = ctx.env.config.certification
     assert cfg is not None and cfg.training is not None
     train = ctx.env.train_data()
-    objective = certified_objective(cfg.training, cfg.sigma, rows=len(train), epochs=cfg.epochs)
-    result = _train(ctx, train.x, train.y, objective, cfg.epochs, {"objective": cfg.training, "sigma": cfg.sigma}, f"certified-{cfg.training}")
+    metadata = {"objective": cfg.training, "sigma": cfg.sigma}
+    result = _train(ctx, train.x, train.y, cfg.training, cfg.epochs, metadata, f"certified-{cfg.training}", sigma=cfg.sigma)
     result.update({"defense": cfg.training, "sigma": cfg.sigma, "epochs": cfg.epochs})
     return result
 

@@ -26,6 +26,7 @@ from torch import Tensor
 from advkit.core import ModelHandle, check_images, check_labels
 from advkit.engine import Executor
 from advkit.errors import AdvkitError
+from advkit.registry import register
 
 ABSTAIN = -1
 
@@ -90,6 +91,14 @@ class CertResult:
         }
 
 
+@register(
+    "randomized-smoothing",
+    family="certify",
+    knowledge="white",
+    paper="Cohen, Rosenfeld & Kolter, Certified Adversarial Robustness via Randomized Smoothing, ICML 2019",
+    atlas="AML.M0003",
+    summary="PREDICT and CERTIFY an L2 radius of a base classifier smoothed with Gaussian noise",
+)
 class Smoothed:
     """A base classifier smoothed with Gaussian noise of standard deviation ``sigma``."""
 
@@ -155,7 +164,7 @@ class Smoothed:
         base = shard_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         executor = executor if executor is not None else LocalExecutor()
         rows = x.shape[0]
-        size = rows if not executor.remote else max(1, -(-rows // (4 * executor.workers)))
+        size = max(1, rows if not executor.remote else -(-rows // (4 * executor.workers)))
         shards = [(start, min(rows, start + size)) for start in range(0, rows, size)]
         settings = {"sigma": self.sigma, "batch_size": self.batch_size, "n0": n0, "n": n, "alpha": alpha, "base": base}
         start = time.perf_counter()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from advkit.engine import Executor, Pending, Shared
+from advkit.engine.base import Executor, Pending, Shared
 
 
 @dataclass
@@ -18,11 +18,12 @@ class LocalExecutor(Executor):
     """
 
     name: str = "local"
+    pinned_threads: int | None = None  # torch threads per task; None: this process's
 
     def __post_init__(self) -> None:
         import torch
 
-        self.threads = torch.get_num_threads()  # a local task uses this process's threads
+        self.threads = self.pinned_threads or torch.get_num_threads()
 
     def _put(self, value: Any) -> Any:
         return value
@@ -35,4 +36,14 @@ class LocalExecutor(Executor):
         assert task.call is not None
         fn, args = task.call
         task.call = None
-        return task, fn(*[a.ref if isinstance(a, Shared) else a for a in args])
+        values = [a.ref if isinstance(a, Shared) else a for a in args]
+        if self.pinned_threads is None:
+            return task, fn(*values)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.pinned_threads)
+        try:
+            return task, fn(*values)
+        finally:
+            torch.set_num_threads(before)

@@ -199,15 +199,14 @@ def load_model(
     device: str | None = None,
     sample_shape: tuple[int, int, int] | None = None,
 ) -> ModelHandle:
-    """Load ``zoo:NAME`` or a model file into a :class:`ModelHandle`.
+    """Load a model file into a :class:`ModelHandle`.
 
     ``sample_shape`` (the data's ``[C, H, W]``) lets advkit infer what a TorchScript or
-    ONNX file without metadata expects.
+    ONNX file without metadata expects. Specs in general (``zoo:NAME`` or a path) go
+    through :func:`advkit.models.resolve.resolve`.
     """
     if spec.startswith("zoo:"):
-        from advkit.models.zoo import pretrained
-
-        return pretrained(spec[4:], device=device)
+        raise AdvkitError(f"--model {spec}: a zoo spec, not a file; load it with advkit.models.resolve.resolve (advkit.load_model)")
     path = Path(spec)
     where = str(path)
     if not path.is_file():

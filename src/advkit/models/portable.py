@@ -4,7 +4,8 @@ A :class:`PackedModel` holds a handle's metadata and its network: TorchScript ne
 (which cannot be pickled) as the bytes of ``torch.jit.save``, every other ``nn.Module``
 as its state (pickled by the transport). :meth:`PackedModel.unpack` rebuilds the handle
 once per worker process, keyed by the weights' SHA-256, so a worker that runs many
-tasks on one model loads it once.
+tasks on one model builds it once (the Ray executor also fetches a shared value once
+per worker process).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def pack(handle: ModelHandle) -> PackedModel:
     state = net.state_dict()
     for name in sorted(state):
         digest.update(name.encode())
-        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+        digest.update(state[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())  # any dtype
     if isinstance(net, torch.jit.ScriptModule):
         buffer = io.BytesIO()
         torch.jit.save(net, buffer)

@@ -6,6 +6,11 @@ are asked for; the weights are cached under the user cache dir, keyed by a hash 
 recipe, the torch version and the code that makes the weights (the architectures, the
 training loop, the builtin data and its split), so an edit to any of them retrains
 instead of loading stale weights. They are loaded back with safetensors.
+
+:func:`cache_path` is the one place the cache file's name is computed; :func:`cached`
+makes sure the file exists, :func:`pretrained` loads it. Specs (``zoo:NAME`` or a path)
+are resolved by :mod:`advkit.models.resolve`, which builds on this module; this module
+never imports it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from advkit.core import ModelHandle, ModelInfo
 from advkit.errors import AdvkitError
 from advkit.fileio import cache_dir
 from advkit.models.architectures import build
+from advkit.models.io import load_model, save_model
 from advkit.models.train import Progress, TrainConfig, fit
 
 
@@ -97,15 +103,24 @@ def train_recipe(recipe: Recipe, progress: Progress | None = None) -> ModelHandl
     return handle
 
 
-def pretrained(name: str, device: str | None = None, progress: Progress | None = None) -> ModelHandle:
-    """The zoo model ``name``, trained once and then loaded from the cache."""
-    from advkit.models.io import load_model, save_model
+def cache_path(name: str) -> Path:
+    """The file the zoo model ``name``'s weights are cached in (the one place this is computed).
 
+    It need not exist yet: :func:`cached` trains the model into it.
+    """
     if name not in ZOO:
         raise AdvkitError(f"unknown zoo model zoo:{name}; known: {', '.join('zoo:' + k for k in ZOO)}")
-    recipe = ZOO[name]
-    path = cache_dir() / "zoo" / f"{name}-{recipe_key(name, recipe)}.safetensors"
+    return cache_dir() / "zoo" / f"{name}-{recipe_key(name, ZOO[name])}.safetensors"
+
+
+def cached(name: str, progress: Progress | None = None) -> Path:
+    """:func:`cache_path` of ``name``, after training and saving the model there if it is not yet."""
+    path = cache_path(name)
     if not path.is_file():
-        save_model(train_recipe(recipe, progress), path)
-    handle = load_model(str(path), device=device)
-    return handle
+        save_model(train_recipe(ZOO[name], progress), path)
+    return path
+
+
+def pretrained(name: str, device: str | None = None, progress: Progress | None = None) -> ModelHandle:
+    """The zoo model ``name``, trained once and then loaded from the cache."""
+    return load_model(str(cached(name, progress)), device=device)

@@ -48,111 +48,52 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from advkit.attacks.evasion.apgd_losses import (
+    TARGET_CLASSES,
+    RowLoss,
+    ce_loss,
+    ce_targeted_loss,
+    dlr_loss,
+    dlr_targeted_loss,
+    misclassified,
+    never,
+    on_target,
+    top_other_classes,
+)
+from advkit.attacks.evasion.apgd_schedule import INITIAL_STEP, MOMENTUM, RHO, apgd_start, checkpoint_fractions, checkpoints
 from advkit.attacks.evasion.base import CleanForward, EvasionAttack, goal_reached
-from advkit.attacks.evasion.steps import ascent_direction, margin, project_delta
+from advkit.attacks.evasion.steps import ascent_direction, project_delta
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
 from advkit.registry import register
 
 Forward = Callable[[Tensor], Tensor]
-RowLoss = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
-MOMENTUM = 0.75
-RHO = 0.75
-INITIAL_STEP = 2.0  # times eps, Linf and L2 (as in the reference code)
-TARGET_CLASSES = 9  # AutoAttack standard: the top 9 other classes
-
-
-def checkpoint_fractions() -> list[float]:
-    """The paper's ``p_j`` in ``[0, 1]``: 0, 0.22, then ``p_j + max(p_j - p_{j-1} - 0.03, 0.06)``."""
-    points = [0.0, 0.22]
-    while True:
-        nxt = round(points[-1] + max(points[-1] - points[-2] - 0.03, 0.06), 10)
-        if nxt > 1.0:
-            return points
-        points.append(nxt)
-
-
-def checkpoints(steps: int) -> list[int]:
-    """Iterations after which the step-size conditions are checked (the first is 0).
-
-    The reference code's integer form of ``w_j = ceil(p_j * steps)``: periods of
-    ``int(0.22 steps)``, each ``int(0.03 steps)`` shorter, never under ``int(0.06 steps)``
-    (every count at least 1). For ``steps = 100``: 0, 22, 41, 57, 70, 80, 87, 93, 99.
-    """
-    period = max(int(0.22 * steps), 1)
-    shrink = max(int(0.03 * steps), 1)
-    shortest = max(int(0.06 * steps), 1)
-    points = [0]
-    while points[-1] + period <= steps:
-        points.append(points[-1] + period)
-        period = max(period - shrink, shortest)
-    return points
-
-
-def _top(logits: Tensor, k: int) -> Tensor:
-    return logits.topk(min(k, logits.shape[1]), dim=1).values
-
-
-def dlr_loss(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
-    """Difference of Logits Ratio ``(max_{i != y} z_i - z_y) / (z_pi1 - z_pi3)``, per row."""
-    top = _top(logits, 3)
-    scale = top[:, 0] - top[:, -1] if logits.shape[1] >= 3 else torch.ones_like(top[:, 0])
-    return margin(logits, y) / (scale + 1e-12)
-
-
-def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    """Targeted DLR ``(z_t - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2)``, per row."""
-    assert target is not None
-    top = _top(logits, 4)
-    classes = logits.shape[1]
-    if classes >= 4:
-        scale = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3])
-    elif classes == 3:
-        scale = top[:, 0] - top[:, 2]
-    else:
-        scale = torch.ones_like(top[:, 0])
-    diff = logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
-    return diff / (scale + 1e-12)
-
-
-def ce_loss(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
-    """Cross-entropy of the true class (to ascend)."""
-    return F.cross_entropy(logits, y, reduction="none")
-
-
-def ce_targeted_loss(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    """Minus the cross-entropy of the target class (to ascend)."""
-    assert target is not None
-    return -F.cross_entropy(logits, target, reduction="none")
-
-
-def misclassified(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    return logits.argmax(1) != y
-
-
-def on_target(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    assert target is not None
-    return logits.argmax(1) == target
-
-
-def never(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    """No row ever retires (the reference's ``best_loss`` mode)."""
-    return torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-
-
-def apgd_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], generator: torch.Generator) -> Tensor:
-    """The reference start: Linf ``eps * t / ||t||_inf`` (t uniform), L2 a direction of norm eps; clipped to the bounds."""
-    if norm == "linf":
-        t = torch.rand(x.shape, generator=generator) * 2 - 1
-        t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-    else:
-        t = torch.randn(x.shape, generator=generator)
-        t = t / t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-    return (x + eps * t.to(x.device, x.dtype)).clamp(*bounds)
+__all__ = [
+    "APGD",
+    "APGDDLR",
+    "INITIAL_STEP",
+    "MOMENTUM",
+    "RHO",
+    "TARGET_CLASSES",
+    "APGDRun",
+    "APGDTargeted",
+    "RowLoss",
+    "apgd",
+    "apgd_start",
+    "ce_loss",
+    "ce_targeted_loss",
+    "checkpoint_fractions",
+    "checkpoints",
+    "dlr_loss",
+    "dlr_targeted_loss",
+    "misclassified",
+    "never",
+    "on_target",
+    "top_other_classes",
+]
 
 
 @dataclass
@@ -436,10 +377,3 @@ class APGDTargeted(APGD):
         if threat.goal == "targeted":
             return [target]
         return top_other_classes(clean_logits, y, self.target_classes)
-
-
-def top_other_classes(clean_logits: Tensor, y: Tensor, count: int) -> list[Tensor | None]:
-    """Per rank k < min(count, classes - 1): each row's k-th highest clean logit other than ``y``."""
-    k = min(count, clean_logits.shape[1] - 1)
-    order = clean_logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-    return [order[:, j] for j in range(k)]

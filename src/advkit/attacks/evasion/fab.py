@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advkit.attacks.evasion.apgd import TARGET_CLASSES, misclassified, on_target, top_other_classes
+from advkit.attacks.evasion.apgd_losses import TARGET_CLASSES, misclassified, on_target, top_other_classes
 from advkit.attacks.evasion.base import CleanForward, EvasionAttack, goal_reached
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError

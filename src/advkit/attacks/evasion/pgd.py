@@ -13,7 +13,11 @@ starts at the clean point with cross-entropy and a first step of size eps, so it
 iterate *is* the FGSM point and a one-step attack can never break a row PGD leaves
 standing; the other restarts start at random points and ascend the logit margin
 (Carlini & Wagner 2017). Later restarts only attack the rows still standing, and each
-row keeps its best iterate over all steps and restarts.
+row keeps its best iterate over all steps and restarts. With ``early_stop`` (default) a
+row retires the step it reaches the goal, judged on logits the step computed anyway, so
+the batch shrinks as rows fall; ``early_stop=False`` runs every row for every step (the
+maximum-loss iterate, e.g. for transfer). The base class's verification decides success
+either way.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class PGD(EvasionAttack):
         restarts: int = 3,
         loss: str = "auto",
         random_start: bool = True,
+        early_stop: bool = True,
         batch_size: int = 500,
     ) -> None:
         super().__init__(threat, batch_size=batch_size)
@@ -71,6 +76,7 @@ class PGD(EvasionAttack):
         self.restarts = restarts
         self.loss = loss
         self.random_start = random_start
+        self.early_stop = early_stop
 
     def params(self) -> dict[str, Any]:
         return self.params_for(self.threat)
@@ -82,6 +88,7 @@ class PGD(EvasionAttack):
             "restarts": self.restarts,
             "loss": self.loss,
             "random_start": self.random_start,
+            "early_stop": self.early_stop,
         }
 
     def steps_for(self, threat: Threat) -> int:
@@ -137,6 +144,7 @@ class PGD(EvasionAttack):
                 first_forward=(clean.x, clean.logits) if not start_random and restart == 0 else None,
                 confidence=threat.confidence,
                 evaluate_final=not last,
+                early_stop=self.early_stop,
             )
             better = run.best_score > best_score[rows]
             best_x[rows[better]] = run.best_x[better]
@@ -170,7 +178,9 @@ class BIM(PGD):
 
     name = "bim"
 
-    def __init__(self, threat: Threat | None = None, *, steps: int | None = None, step_size: float | None = None, batch_size: int = 500) -> None:
+    def __init__(
+        self, threat: Threat | None = None, *, steps: int | None = None, step_size: float | None = None, early_stop: bool = True, batch_size: int = 500
+    ) -> None:
         super().__init__(
             threat,
             steps=steps if steps is not None else 1,  # placeholder: resolved per call when not given
@@ -178,6 +188,7 @@ class BIM(PGD):
             restarts=1,
             loss="ce",
             random_start=False,
+            early_stop=early_stop,
             batch_size=batch_size,
         )
         self.given_steps = steps

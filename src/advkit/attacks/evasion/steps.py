@@ -107,6 +107,7 @@ def pgd(
     confidence: float = 0.5,
     track_best: bool = True,
     evaluate_final: bool = True,
+    early_stop: bool = False,
 ) -> PGDRun:
     """Projected gradient ascent of ``loss`` from ``x + init``.
 
@@ -115,33 +116,53 @@ def pgd(
     step computes anyway, so tracking costs no extra forward pass; the final iterate is
     scored by one extra forward only when ``evaluate_final``. ``first_forward`` is an
     already computed differentiable ``(x, logits)`` pair at the start point (no ``init``),
-    reused for step one instead of a second identical forward pass.
+    reused for step one instead of a second identical forward pass. With ``early_stop`` a
+    row retires the step its iterate reaches the goal, judged on the logits that step
+    computed anyway; the batch shrinks, and the row's ``final_x`` is that iterate.
     """
     if first_forward is not None and init is not None:
         raise ValueError("first_forward is the clean point's pass; it cannot be used with a random init")
     delta = init if init is not None else torch.zeros_like(x)
     best_x = x.clone()
     best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    final_x = x.clone()
+    active = torch.arange(x.shape[0], device=x.device)
+    xa, ya, ta = x, y, target
     for step in range(steps):
         if step == 0 and first_forward is not None:
             x_in, logits = first_forward
         else:
-            x_in = (x + delta).requires_grad_(True)
+            x_in = (xa + delta).requires_grad_(True)
             logits = forward(x_in)
-        if track_best:
-            score = progress_score(logits.detach(), y, target, goal, confidence)
-            better = score > best_score
-            best_x[better] = x_in.detach()[better]
-            best_score = torch.where(better, score, best_score)
-        objective = attack_loss(logits, y, target, goal, loss).sum()
-        (grad,) = torch.autograd.grad(objective, x_in)
+        per_row = attack_loss(logits, ya, ta, goal, loss)
+        if track_best or early_stop:
+            score = progress_score(logits.detach(), ya, ta, goal, confidence)
+            if track_best:
+                better = score > best_score[active]
+                best_x[active[better]] = x_in.detach()[better]
+                best_score[active] = torch.where(better, score, best_score[active])
+            if early_stop and bool((reached := score > 0).any()):
+                final_x[active[reached]] = x_in.detach()[reached]
+                keep = ~reached
+                if not bool(keep.any()):
+                    active = active[:0]
+                    break
+                (grad,) = torch.autograd.grad(per_row[keep].sum(), x_in)
+                grad, active, xa, ya, delta = grad[keep], active[keep], xa[keep], ya[keep], delta[keep]
+                ta = ta[keep] if ta is not None else None
+            else:
+                (grad,) = torch.autograd.grad(per_row.sum(), x_in)
+        else:
+            (grad,) = torch.autograd.grad(per_row.sum(), x_in)
         size = first_step if (step == 0 and first_step is not None) else step_size
-        delta = project_delta(delta + size * ascent_direction(grad, norm), x, eps, norm, bounds)
-    final_x = (x + delta).detach()
-    if track_best and evaluate_final:
-        with torch.no_grad():
-            score = progress_score(forward(final_x), y, target, goal, confidence)
-        better = score > best_score
-        best_x[better] = final_x[better]
-        best_score = torch.where(better, score, best_score)
+        delta = project_delta(delta + size * ascent_direction(grad, norm), xa, eps, norm, bounds)
+    if active.numel():
+        last = (xa + delta).detach()
+        final_x[active] = last
+        if track_best and evaluate_final:
+            with torch.no_grad():
+                score = progress_score(forward(last), ya, ta, goal, confidence)
+            better = score > best_score[active]
+            best_x[active[better]] = last[better]
+            best_score[active] = torch.where(better, score, best_score[active])
     return PGDRun(best_x, best_score, final_x)

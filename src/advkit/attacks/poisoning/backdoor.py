@@ -213,7 +213,7 @@ class BackdoorPoisoning:
     family="poisoning",
     knowledge="data",
     paper="Gu, Dolan-Gavitt, Garg. BadNets: Identifying Vulnerabilities in the Machine Learning Model Supply Chain. 2017",
-    atlas="AML.T0020",
+    atlas="AML.T0020, AML.T0018.000, AML.T0043.004",
     summary="patch-trigger backdoor: stamp a small pattern on a share of training rows, relabel them",
 )
 class BadNets(BackdoorPoisoning):
@@ -228,7 +228,7 @@ class BadNets(BackdoorPoisoning):
     family="poisoning",
     knowledge="data",
     paper="Chen, Liu, Li, Lu, Song. Targeted Backdoor Attacks on Deep Learning Systems Using Data Poisoning. 2017",
-    atlas="AML.T0020",
+    atlas="AML.T0020, AML.T0018.000, AML.T0043.004",
     summary="blended-trigger backdoor: mix a full-image pattern into a share of training rows",
 )
 class Blend(BackdoorPoisoning):

@@ -42,9 +42,32 @@ from torch import Tensor, nn
 from advkit.attacks.poisoning.backdoor import backdoor_success_rate
 from advkit.core import DetectionReport, ModelHandle
 from advkit.defenses.backdoor.neural_cleanse import ReversedTrigger
+from advkit.defenses.backdoor.neurons import (
+    LAYERS,
+    SHORTCUT_NAMES,
+    neuron_activations,
+    neuron_layer,
+    rank_neurons,
+    switch_off,
+    takes_inputs,
+)
 from advkit.errors import AdvkitError
 from advkit.models.train import TrainConfig, fit
 from advkit.registry import register
+
+__all__ = [
+    "LAYERS",
+    "SHORTCUT_NAMES",
+    "Evaluate",
+    "MitigationResult",
+    "NeuronPruning",
+    "TriggerInputFilter",
+    "Unlearning",
+    "neuron_activations",
+    "neuron_layer",
+    "rank_neurons",
+    "switch_off",
+]
 
 Evaluate = Callable[[ModelHandle], float]
 
@@ -82,141 +105,18 @@ class MitigationResult:
         }
 
 
-LAYERS = ("linear", "features", "conv")
-
-
-def _modules_of(net: nn.Module, kind: type[nn.Module]) -> list[nn.Module]:
-    return [m for m in net.modules() if isinstance(m, kind) or getattr(m, "original_name", None) == kind.__name__]
-
-
-def _takes_inputs(layer: str) -> bool:
-    """Linear-type layers prune input features (weight columns); ``conv`` prunes output channels."""
-    return layer != "conv"
-
-
-SHORTCUT_NAMES = ("shortcut", "downsample", "skip")  # torchvision's, timm's and advkit's names
-
-
-def _main_path_conv(net: nn.Module) -> nn.Module | None:
-    """The last ``nn.Conv2d`` outside shortcut branches, or its ``BatchNorm2d`` when one follows it.
-
-    A module whose qualified name has a part named like a shortcut (``shortcut``,
-    ``downsample``, ``skip``) is a side branch. The BatchNorm that follows a convolution
-    is the next ``BatchNorm2d`` registered after it, before any other convolution, with as
-    many features as the convolution has output channels.
-    """
-    named = list(net.named_modules())
-
-    def is_kind(module: nn.Module, kind: type[nn.Module]) -> bool:
-        return isinstance(module, kind) or getattr(module, "original_name", None) == kind.__name__
-
-    def on_shortcut(name: str) -> bool:
-        return any(part.lower() in SHORTCUT_NAMES for part in name.split("."))
-
-    convs = [i for i, (name, m) in enumerate(named) if is_kind(m, nn.Conv2d) and not on_shortcut(name)]
-    if not convs:
-        return None
-    index = convs[-1]
-    conv = named[index][1]
-    for name, module in named[index + 1 :]:
-        if is_kind(module, nn.Conv2d):
-            break
-        if is_kind(module, nn.BatchNorm2d) and not on_shortcut(name) and getattr(module, "num_features", None) == getattr(conv, "out_channels", None):
-            return module
-    return conv
-
-
-def neuron_layer(net: nn.Module, layer: str) -> nn.Module:
-    """Where the neurons are: the inputs of the last ``nn.Linear`` (``linear``, the paper's
-    second-to-last layer), the inputs of the first ``nn.Linear`` (``features``: on a CNN that
-    flattens its last feature map, one neuron per channel *and position*), or the channels of
-    the last main-path ``nn.Conv2d`` (``conv``), taken after its ``BatchNorm2d`` if one
-    follows it (then the BatchNorm is returned)."""
-    if layer not in LAYERS:
-        raise AdvkitError(f"neuron layer must be one of {', '.join(LAYERS)}; got {layer!r}")
-    if layer == "conv":
-        found = _main_path_conv(net)
-        if found is None:
-            raise AdvkitError("backdoor mitigation on 'conv' neurons needs a model with an nn.Conv2d layer")
-        return found
-    found_linear = _modules_of(net, nn.Linear)
-    if not found_linear:
-        raise AdvkitError(f"backdoor mitigation on '{layer}' neurons needs a model with an nn.Linear layer")
-    return found_linear[0] if layer == "features" else found_linear[-1]
-
-
-def neuron_activations(model: ModelHandle, x: Tensor, layer: str = "linear", batch_size: int = 512) -> Tensor:
-    """Per row, the neurons' activations: the last linear layer's inputs, or the last
-    main-path convolution's channels (after its BatchNorm) averaged over space after a
-    ReLU (captured with a forward hook)."""
-    module = neuron_layer(model.net, layer)
-    captured: list[Tensor] = []
-
-    def before(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        captured.append(inputs[0].detach().flatten(1).cpu())
-
-    def after(_module: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        captured.append(torch.relu(output.detach()).mean((2, 3)).cpu())
-
-    try:
-        hook = module.register_forward_pre_hook(before) if _takes_inputs(layer) else module.register_forward_hook(after)
-    except (AttributeError, RuntimeError):
-        raise AdvkitError("backdoor mitigation needs an eager nn.Module (TorchScript layers take no hooks)") from None
-    try:
-        model.predict_logits(x, batch_size)
-    finally:
-        hook.remove()
-    return torch.cat(captured)
-
-
-def switch_off(module: nn.Module, neurons: list[int], layer: str) -> Callable[[], None]:
-    """Prune neurons in place (zero their weights; a convolution's or BatchNorm's output
-    channels: weight and bias, so the channel is exactly zero); returns a function that undoes it."""
-    if _takes_inputs(layer):
-        saved = module.weight.data[:, neurons].clone()
-        module.weight.data[:, neurons] = 0
-
-        def undo() -> None:
-            module.weight.data[:, neurons] = saved
-
-        return undo
-    saved_w = module.weight.data[neurons].clone()
-    saved_b = module.bias.data[neurons].clone() if module.bias is not None else None
-    module.weight.data[neurons] = 0
-    if module.bias is not None:
-        module.bias.data[neurons] = 0
-
-    def undo_conv() -> None:
-        module.weight.data[neurons] = saved_w
-        if saved_b is not None:
-            module.bias.data[neurons] = saved_b
-
-    return undo_conv
-
-
-def _stamped_rows(trigger: ReversedTrigger, x: Tensor, y: Tensor) -> Tensor:
-    keep = y != trigger.target
-    return trigger.apply(x[keep])
-
-
 def _accuracy(model: ModelHandle, x: Tensor, y: Tensor) -> float:
+    """Top-1 accuracy of ``model`` on the rows."""
     return float((model.predict(x).cpu() == y.cpu()).float().mean())
 
 
 def _trigger_success(model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor) -> float:
+    """How often the reversed trigger sends a row of another class to its target."""
     return backdoor_success_rate(model, x, y, trigger, trigger.target)  # type: ignore[arg-type]
 
 
-def rank_neurons(model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y: Tensor, layer: str = "linear") -> Tensor:
-    """Neurons ordered by how much more the trigger excites them than clean data does,
-    in units of each neuron's clean standard deviation (a z-score: the paper ranks by the
-    raw difference, which favours neurons that are simply loud on every input)."""
-    clean = neuron_activations(model, x, layer)
-    triggered = neuron_activations(model, _stamped_rows(trigger, x, y), layer).mean(0)
-    return torch.argsort((triggered - clean.mean(0)) / (clean.std(0) + 1e-3), descending=True)
-
-
 def _copy(model: ModelHandle) -> ModelHandle:
+    """An independent copy of the model (network and metadata)."""
     return ModelHandle(copy.deepcopy(model.net), copy.deepcopy(model.info), device=model.device)
 
 
@@ -354,7 +254,7 @@ class NeuronPruning:
             if param is None:
                 continue
             keep = torch.ones_like(param)
-            if _takes_inputs(self.layer):
+            if takes_inputs(self.layer):
                 if param is module.bias:
                     continue
                 keep[:, pruned] = 0

@@ -1,0 +1,92 @@
+"""``advkit audit``: attack, mitigate, attack again; write the run's report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from advkit.cli.common import (
+    AddressOpt,
+    ExecutorOpt,
+    ThreadsOpt,
+    WorkersOpt,
+    check_executor_options,
+    command,
+    err,
+    out,
+    progress_callback,
+    writable,
+)
+
+
+@command()
+def audit(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (default: the builtin audit)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory")] = Path("runs/audit"),
+    resume: Annotated[bool, typer.Option("--resume", help="continue a run: finished steps are not recomputed")] = False,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="print the default config and exit")] = False,
+) -> None:
+    """Attack, mitigate, attack again; write report.json and report.html in the run directory."""
+    from advkit.audit.config import default_yaml, load_config
+    from advkit.audit.report import write_views
+    from advkit.audit.runner import AuditRunner
+    from advkit.engine import make_executor
+
+    if print_config:
+        out.print(default_yaml(), markup=False, highlight=False, end="")
+        return
+    check_executor_options(executor, address, workers, threads)
+    cfg = load_config(config)
+    writable(out_dir, "--out", directory=True)
+    with make_executor(executor, address=address, workers=workers, threads=threads) as engine:
+        runner = AuditRunner(
+            cfg, out_dir, resume=resume, progress=progress_callback(True), notify=lambda m: err.print(m, markup=False), executor=engine
+        )
+        report = runner.run()
+    html = write_views(out_dir, report, ("html",))[0]
+    _print_audit_summary(report)
+    out.print(f"report: {html}")
+
+
+def _print_audit_summary(report: dict[str, Any]) -> None:
+    """Accuracy under attack per model, the backdoor scenarios and the findings."""
+    _print_evasion_table(report)
+    for scenario in report["backdoor"]["scenarios"]:
+        line = f"{scenario['id']}: backdoor success {scenario['attack_success_rate']:.1%}, clean {scenario['clean_accuracy']:.1%}"
+        for m in scenario["mitigations"]:
+            if m.get("applied"):
+                line += f"; {m['mitigation']} -> {m['attack_success_rate_after']:.1%} (clean {m['held_out_clean_accuracy_after']:.1%})"
+        out.print(line)
+    out.print("findings:")
+    for f in report["findings"]:
+        out.print(f"  [{f['severity'].upper()}] {f['title']}", markup=False, highlight=False)
+
+
+def _print_evasion_table(report: dict[str, Any]) -> None:
+    """One row per (attack, eps), worst case last; one column per model."""
+    table = Table(title="advkit audit: accuracy under attack (clean accuracy in the header)")
+    table.add_column("attack")
+    table.add_column("eps", justify="right")
+    for model in report["models"]:
+        table.add_column(f"{model['label']}\nclean {model['clean_accuracy']:.1%}", justify="right")
+    cells = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
+    cells.update({(w["model"], "worst case", w["eps"]): w for w in report.get("evasion_worst", [])})
+    budgets = sorted({r["threat"]["eps"] for r in report["evasion"]})
+    for attack in [*sorted({r["attack"] for r in report["evasion"]}), "worst case"]:
+        for eps in budgets:
+            row = [attack, f"{eps:g}"]
+            for model in report["models"]:
+                r = cells.get((model["id"], attack, eps))
+                row.append(f"{r['adversarial_accuracy']:.1%}" if r else "-")
+            table.add_row(*row)
+    out.print(table)
+
+
+__all__ = ["audit"]

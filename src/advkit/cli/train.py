@@ -1,0 +1,106 @@
+"""``advkit train``: train a model (standard, adversarial or certified) and save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import torch
+import typer
+
+from advkit.cli.common import (
+    BatchOpt,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    LimitOpt,
+    SeedOpt,
+    check_device,
+    command,
+    out,
+    progress_callback,
+    writable,
+    write_json_output,
+)
+from advkit.errors import AdvkitError
+
+if TYPE_CHECKING:
+    from advkit.core import AttackResult
+
+
+@command()
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="architecture (see advkit list --family arch)")] = "digits-cnn",
+    data: DataOpt = "digits",
+    out_path: Annotated[Path | None, typer.Option("--out", help="where to save (.safetensors or .pt)")] = None,
+    defense: Annotated[str, typer.Option("--defense", help="none|adv-pgd|adv-fast|trades|gaussian|smoothadv|macer")] = "none",
+    eps: Annotated[float, typer.Option("--eps", help="adversarial training budget")] = 0.2,
+    sigma: Annotated[float, typer.Option("--sigma", help="smoothing noise level (gaussian, smoothadv, macer)")] = 0.25,
+    norm: Annotated[str, typer.Option("--norm", help="linf|l2")] = "linf",
+    epochs: Annotated[int, typer.Option("--epochs")] = 30,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    eval_eps: Annotated[float | None, typer.Option("--eval-eps", help="PGD budget for the robust accuracy check (default: --eps)")] = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "cpu",
+    json_path: JsonOpt = None,
+) -> None:
+    """Train a model (optionally adversarially) on a dataset's train split and save it."""
+    from advkit.attacks.evasion import PGD
+    from advkit.core import Threat
+    from advkit.data import load_dataset
+    from advkit.models import TrainConfig, save_model
+    from advkit.models.recipes import check_defense, data_info, train_recipe
+
+    path = _check_out(out_path)
+    check_defense(defense)
+    writable(path, "--out")
+    device = check_device(device)
+    # Everything the run needs is checked before it trains for minutes.
+    TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    check_eps = eval_eps if eval_eps is not None else eps
+    eval_threat = Threat(norm=norm, eps=check_eps)
+    train_set = load_dataset(data, split="train", limit=limit)
+    test_set = load_dataset(data, split="test")
+    trained = train_recipe(
+        model, data_info(train_set), train_set.x, train_set.y, defense=defense, epochs=epochs, lr=lr, eps=eps, norm=norm,
+        sigma=sigma, batch_size=batch_size, seed=seed, device=device, trained_on=f"{data}:train", progress=progress_callback(True),
+    )
+    handle, report = trained.handle, trained.report
+    robust = PGD(eval_threat)(handle, test_set.x, test_set.y, generator=torch.Generator().manual_seed(seed))
+    save_model(handle, path)
+    summary = _summary(model, data, defense, eps, epochs, report.seconds, robust, path)
+    out.print(
+        f"trained {model} on {data} ({defense}) in {report.seconds:.1f}s: clean accuracy {robust.clean_accuracy:.1%}, "
+        f"PGD {norm} eps={check_eps:g} accuracy {robust.adversarial_accuracy:.1%}; saved {out_path}"
+    )
+    write_json_output(json_path, summary)
+
+
+def _summary(model: str, data: str, defense: str, eps: float, epochs: int, seconds: float, robust: AttackResult, path: Path) -> dict[str, Any]:
+    """The ``--json`` record of a training run."""
+    return {
+        "model": model,
+        "data": data,
+        "defense": defense,
+        "eps": eps,
+        "epochs": epochs,
+        "train_seconds": seconds,
+        "clean_accuracy": robust.clean_accuracy,
+        "robust_accuracy": robust.adversarial_accuracy,
+        "robust_eval": {"attack": "pgd", **robust.threat.to_dict(), **robust.params},
+        "out": str(path),
+    }
+
+
+def _check_out(out_path: Path | None) -> Path:
+    """``--out`` is required and names a model file; returns it."""
+    if out_path is None:
+        raise AdvkitError("--out FILE is required (.safetensors or .pt)")
+    if out_path.suffix not in (".safetensors", ".pt", ".pth"):
+        raise AdvkitError(f"--out {out_path}: model files end in .safetensors (preferred) or .pt")
+    return out_path
+
+
+__all__ = ["train"]
