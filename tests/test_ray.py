@@ -21,14 +21,15 @@ import yaml
 ray = pytest.importorskip("ray")
 
 from advkit.audit.config import AuditConfig  # noqa: E402
-from advkit.audit.runner import AuditRunner  # noqa: E402
+from advkit.audit.plan import row_shards  # noqa: E402
+from advkit.audit.runner import SHARDS_PER_WORKER, AuditRunner  # noqa: E402
 from advkit.engine import make_executor  # noqa: E402
 from advkit.errors import AdvkitError  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
 EVERY_SECTION = {
-    "evasion": {"attacks": ["fgsm", "pgd", "square"], "eps": [0.1, 0.2], "steps": 5, "restarts": 1, "limit": 48, "max_queries": 50},
+    "evasion": {"attacks": ["fgsm", "pgd", "square", "autoattack"], "eps": [0.1, 0.2], "steps": 5, "restarts": 1, "limit": 48, "max_queries": 50},
     "adversarial_training": {"epochs": 2},
     "poisoning": [{"attack": "badnets"}],
     "backdoor_defense": {"epochs": 2, "mitigations": ["nc-unlearn"]},
@@ -85,7 +86,8 @@ def test_audit_on_ray_matches_local(ray_executor, local_reports, tmp_path) -> No
         assert _numbers(report) == _numbers(local_reports[name]), name
         assert report["executor"]["kind"] == "ray" and report["executor"]["workers"] == 2
     # per run: the model and the evaluation split went to the object store once, not once per task
-    assert report["executor"]["puts"] == 2 and report["executor"]["tasks"] == 3 + 8, report["executor"]
+    shards = row_shards(40, SHARDS_PER_WORKER * 2)  # 14 shards of up to 3 rows
+    assert report["executor"]["puts"] == 2 and report["executor"]["tasks"] == 3 + len(shards), report["executor"]
     assert report["certification"][0]["rows"] == 40
 
 

@@ -32,6 +32,9 @@ from advkit.fileio import atomic_path, write_json
 
 Notify = Callable[[str], None]
 
+SHARDS_PER_WORKER = 8  # CERTIFY shards per worker: small enough that the last ones even out
+LONGEST_FIRST = {"adversarial-training": 4, "poisoning": 4, "certified-training": 4, "inspect": 3, "certification": 2, "backdoor-mitigation": 2}
+
 
 class AuditRunner:
     """Builds the plan from a config and runs it in a run folder."""
@@ -106,7 +109,7 @@ class AuditRunner:
 
     # -- run ----------------------------------------------------------------------------
     def plan(self) -> list[Step]:
-        shards = 4 * self.executor.workers if self.executor.remote else 1
+        shards = SHARDS_PER_WORKER * self.executor.workers if self.executor.remote else 1
         return build_plan(self.config, eval_rows=len(self.eval_data()), shards_per_step=shards)
 
     def run(self) -> dict[str, Any]:
@@ -183,8 +186,15 @@ class AuditRunner:
 
     # -- scheduling ---------------------------------------------------------------------
     def _execute(self, todo: list[Step], plan: list[Step]) -> None:
-        """Submit every step whose dependencies are done, at most ``workers`` tasks at a time."""
+        """Submit every step whose dependencies are done, at most ``workers`` tasks at a time.
+
+        Several workers take the longest kinds first (training, then Neural Cleanse, then
+        CERTIFY shards, then evasion), so a long task does not start last and leave the other
+        workers idle at the end; one worker keeps the plan's order.
+        """
         waiting = list(todo)
+        if self.executor.workers > 1:
+            waiting.sort(key=lambda step: -LONGEST_FIRST.get(step.kind, 0))  # stable: plan order within a kind
         running: dict[int, tuple[Pending, Step, int]] = {}
         parts: dict[str, dict[int, TaskOutcome]] = {}
         submitted: dict[str, int] = {}
