@@ -27,6 +27,7 @@ class NormalizedModel(nn.Module):
     def __init__(self, net: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
         super().__init__()
         self.net = net
+        self.channels_last = False  # set by ModelHandle: inputs are laid out NHWC before the net
         self.normalizes = mean is not None or std is not None
         channels = len(mean if mean is not None else (std or [1.0]))
         mean_t = torch.tensor(list(mean) if mean is not None else [0.0] * channels)
@@ -39,6 +40,8 @@ class NormalizedModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.normalizes:
             x = (x - self.mean) / self.std
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
 
@@ -72,6 +75,11 @@ class ModelHandle:
         self.info = info
         self.device = torch.device(device) if device is not None else _module_device(net)
         self.network = NormalizedModel(net, info.mean, info.std).to(self.device)
+        if self.device.type == "cpu" and any(p.dim() == 4 for p in net.parameters()):
+            # oneDNN's CPU convolutions and pooling run NHWC: the same numbers (up to float
+            # rounding) at 1.1-3x the speed of NCHW for advkit's CNNs (measured, 1-2 threads)
+            self.network.to(memory_format=torch.channels_last)
+            self.network.channels_last = True
         self._eval_depth = 0
 
     # -- description -------------------------------------------------------------------
