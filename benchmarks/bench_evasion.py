@@ -9,20 +9,28 @@ each next pass on the previous input moved by one bare sign step (no projection 
 bounds, no tracking, no verification). advkit's
 attacks add their mandatory work on top (clean prediction, projection, per-row best
 tracking, the verifying forward pass). torchattacks is timed on the same rows when
-installed. Run: ``python benchmarks/bench_evasion.py --json bench-results/evasion.json``.
+installed.
+
+Every round times the floor, advkit and the peer in turn (``common.interleaved``), so a
+change in the machine's load falls on all of them; each case reports the min and the
+median ratio over the rounds. PGD-10 runs at eps 0.1, 0.2 and 0.3, with the same budget
+as torchattacks' PGD (10 steps, 1 restart): advkit with rows retiring at their goal (the
+default) and with ``early_stop=False`` (fixed work), with the robust accuracy of each.
+Run: ``python benchmarks/bench_evasion.py --repeats 5 --json bench-results/evasion.json``.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import best_time, case, parse_args, report  # noqa: E402
+from common import interleaved, parse_args, ratio_case, report  # noqa: E402
 
 from advkit.attacks.evasion import FGSM, PGD  # noqa: E402
 from advkit.core import Threat  # noqa: E402
@@ -30,6 +38,7 @@ from advkit.data import load_dataset  # noqa: E402
 from advkit.models import pretrained  # noqa: E402
 
 BATCH = 500
+BUDGETS = (0.1, 0.2, 0.3)
 
 
 def main() -> None:
@@ -40,11 +49,13 @@ def main() -> None:
     network = handle.network.eval()
     for p in network.parameters():
         p.requires_grad_(False)  # attackers need input gradients only (so does the floor)
+    try:
+        import torchattacks
+    except ImportError:
+        torchattacks = None
 
-    eps = 0.3
-    alpha = 2.5 * eps / 10
-
-    def floor(passes: int) -> None:
+    def floor(passes: int, eps: float) -> None:
+        alpha = 2.5 * eps / 10
         for start in range(0, x.shape[0], BATCH):
             xb, yb = x[start : start + BATCH], y[start : start + BATCH]
             for _ in range(passes):
@@ -52,12 +63,7 @@ def main() -> None:
                 (grad,) = torch.autograd.grad(F.cross_entropy(network(x_in), yb, reduction="sum"), x_in)
                 xb = xb + alpha * grad.sign()
 
-    fgsm = FGSM(Threat(eps=eps), batch_size=BATCH)
-    pgd1 = PGD(Threat(eps=eps), steps=10, restarts=1, batch_size=BATCH)
-    pgd_default = PGD(Threat(eps=eps), steps=10, batch_size=BATCH)
-    floor1 = best_time(lambda: floor(1), args.repeats)
-    floor10 = best_time(lambda: floor(10), args.repeats)
-    def floor_verified() -> None:  # one pass, the FGSM point in the bounds, and the forward that re-checks it
+    def floor_verified(eps: float) -> None:  # one pass, the FGSM point in the bounds, and the forward that re-checks it
         for start in range(0, x.shape[0], BATCH):
             xb, yb = x[start : start + BATCH], y[start : start + BATCH]
             x_in = xb.clone().requires_grad_(True)
@@ -65,36 +71,54 @@ def main() -> None:
             with torch.inference_mode():
                 network((xb + eps * grad.sign()).clamp(0, 1))
 
-    cases = [
-        case(
-            "advkit fgsm",
-            best_time(lambda: fgsm(handle, x, y), args.repeats),
-            best_time(floor_verified, args.repeats),
-            bare_pass_seconds=floor1,
-            note="floor: one forward+backward plus the forward that re-checks the result (DESIGN.md principle 3)",
-        ),
-        case("advkit pgd-10 (1 restart)", best_time(lambda: pgd1(handle, x, y), args.repeats), floor10),
-        case(
-            "advkit pgd-10 (default, 3 restarts)",
-            best_time(lambda: pgd_default(handle, x, y), args.repeats),
-            floor10,
-            note="later restarts attack only the rows still standing",
-        ),
-    ]
-    try:
-        import torchattacks
-    except ImportError:
-        torchattacks = None
+    def peer(attack: Any) -> Any:
+        def run() -> torch.Tensor:
+            return torch.cat([attack(x[s : s + BATCH], y[s : s + BATCH]) for s in range(0, x.shape[0], BATCH)])
+
+        return run
+
+    def accuracy(x_adv: torch.Tensor) -> float:
+        with torch.inference_mode():
+            return float((network(x_adv).argmax(1) == y).float().mean())
+
+    cases: list[dict[str, Any]] = []
+    fgsm = FGSM(Threat(eps=0.3), batch_size=BATCH)
+    runs = {"floor": lambda: floor_verified(0.3), "advkit": lambda: fgsm(handle, x, y)}
     if torchattacks is not None:
-        peer_fgsm = torchattacks.FGSM(network, eps=eps)
-        peer_pgd = torchattacks.PGD(network, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=True)
-
-        def batched(attack):  # noqa: ANN001, ANN202
-            return lambda: [attack(x[s : s + BATCH], y[s : s + BATCH]) for s in range(0, x.shape[0], BATCH)]
-
-        cases.append(case("torchattacks fgsm", best_time(batched(peer_fgsm), args.repeats), floor1))
-        cases.append(case("torchattacks pgd-10", best_time(batched(peer_pgd), args.repeats), floor10))
-    report("evasion", cases, args.json, rows=int(x.shape[0]), batch_size=BATCH, model="zoo:mnist-cnn")
+        runs["torchattacks"] = peer(torchattacks.FGSM(network, eps=0.3))
+    times = interleaved(runs, args.repeats)
+    cases.append(ratio_case("advkit fgsm @0.3", times, "advkit", "floor", note="floor: one forward+backward plus the verifying forward"))
+    if torchattacks is not None:
+        cases.append(ratio_case("torchattacks fgsm @0.3", times, "torchattacks", "floor"))
+    for eps in BUDGETS:
+        retiring = PGD(Threat(eps=eps), steps=10, restarts=1, batch_size=BATCH)
+        fixed = PGD(Threat(eps=eps), steps=10, restarts=1, early_stop=False, batch_size=BATCH)
+        default = PGD(Threat(eps=eps), steps=10, batch_size=BATCH)
+        runs = {
+            "floor": lambda eps=eps: floor(10, eps),
+            "advkit": lambda a=retiring: a(handle, x, y, generator=torch.Generator().manual_seed(0)),
+            "fixed": lambda a=fixed: a(handle, x, y, generator=torch.Generator().manual_seed(0)),
+            "default": lambda a=default: a(handle, x, y, generator=torch.Generator().manual_seed(0)),
+        }
+        if torchattacks is not None:
+            runs["torchattacks"] = peer(torchattacks.PGD(network, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=True))
+        times = interleaved(runs, args.repeats)
+        robust = {name: runs[name]().adversarial_accuracy for name in ("advkit", "fixed", "default")}
+        if torchattacks is not None:
+            robust["torchattacks"] = accuracy(runs["torchattacks"]())
+        for name, label in (("advkit", "advkit pgd-10, 1 restart, rows retire"), ("fixed", "advkit pgd-10, 1 restart, early_stop=False"), ("default", "advkit pgd-10, default 3 restarts")):
+            extra: dict[str, Any] = {"eps": eps, "robust_accuracy": robust[name]}
+            if torchattacks is not None:
+                extra["vs_torchattacks_min"] = times[name]["min"] / times["torchattacks"]["min"]
+                extra["vs_torchattacks_median"] = times[name]["median"] / times["torchattacks"]["median"]
+            cases.append(ratio_case(f"{label} @{eps:g}", times, name, "floor", **extra))
+        if torchattacks is not None:
+            cases.append(ratio_case(f"torchattacks pgd-10 @{eps:g}", times, "torchattacks", "floor", eps=eps, robust_accuracy=robust["torchattacks"]))
+    report("evasion", cases, args.json, rows=int(x.shape[0]), batch_size=BATCH, model="zoo:mnist-cnn", repeats=args.repeats, interleaved=True)
+    for c in cases:
+        if "robust_accuracy" in c:
+            vs = f"  vs torchattacks {c['vs_torchattacks_min']:.2f}x/{c['vs_torchattacks_median']:.2f}x" if "vs_torchattacks_min" in c else ""
+            print(f"{c['case']:<48} robust {c['robust_accuracy']:.1%}{vs}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,39 @@ def parse_args(description: str) -> argparse.Namespace:
 
 def report(name: str, cases: list[dict[str, Any]], path: Path | None, **extra: Any) -> None:
     for c in cases:
-        print(f"{c['case']:<28} {c['seconds']:8.3f}s  floor {c['floor_seconds']:8.3f}s  ratio {c['ratio']:.3f}")
+        median = f"  median ratio {c['median_ratio']:.3f}" if "median_ratio" in c else ""
+        print(f"{c['case']:<40} {c['seconds']:8.3f}s  floor {c['floor_seconds']:8.3f}s  ratio {c['ratio']:.3f}{median}")
     if path is not None:
         write_json(path, {"benchmark": name, "cases": cases, "environment": environment(), **extra})
         print(f"wrote {path}")
+
+
+def interleaved(runs: dict[str, Callable[[], Any]], repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Time every run in turn, ``repeats`` rounds after one warm-up round (A B C A B C ...).
+
+    Interleaving spreads a machine's load changes over every contender instead of one
+    block; each run reports its ``min`` and ``median`` seconds.
+    """
+    import statistics
+
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn)[1])
+    return {name: {"min": min(t), "median": statistics.median(t), "all": t} for name, t in times.items()}
+
+
+def ratio_case(name: str, times: dict[str, dict[str, float]], run: str, floor: str, **extra: Any) -> dict[str, Any]:
+    """A case whose ratio is against a floor timed in the same interleaved rounds (min and median)."""
+    t, f = times[run], times[floor]
+    return {
+        "case": name,
+        "seconds": t["min"],
+        "floor_seconds": f["min"],
+        "ratio": t["min"] / f["min"],
+        "median_seconds": t["median"],
+        "median_ratio": t["median"] / f["median"],
+        **extra,
+    }
