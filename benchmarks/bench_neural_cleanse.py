@@ -6,7 +6,8 @@ The floor is steps x one bare forward+backward (input gradient) of a batch of
 classes x batch-size images: what the batched optimisation cannot go below.
 On a CPU both runs sit at that floor (the work is compute-bound and linear in rows, so
 batching only saves per-call overhead); on a GPU small class-by-class batches are
-launch-bound, which is what batching removes: ``--device cuda``.
+launch-bound, which is what batching removes: ``--device cuda``. The three runs are
+timed in interleaved rounds (floor, batched, class by class), each with min and median.
 Run: ``python benchmarks/bench_neural_cleanse.py --json bench-results/neural_cleanse.json``.
 """
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import best_time, case, parse_args, report  # noqa: E402
+from common import interleaved, parse_args, ratio_case, report  # noqa: E402
 
 from advkit.data import load_dataset  # noqa: E402
 from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse  # noqa: E402
@@ -58,13 +59,11 @@ def main() -> None:
                 x_in = stamped.clone().requires_grad_(True)
                 torch.autograd.grad(F.cross_entropy(network(x_in), wanted, reduction="sum"), x_in)
 
-        floor_s = best_time(floor, args.repeats)
-        batched_s = best_time(batched, args.repeats)
-        serial_s = best_time(one_by_one, args.repeats)
-        speedups[zoo] = serial_s / batched_s
-        cases.append(case(f"{zoo} batched ({classes} classes)", batched_s, floor_s, steps=steps))
-        cases.append(case(f"{zoo} class by class", serial_s, floor_s, steps=steps, speedup=serial_s / batched_s))
-        print(f"{zoo}: speedup {serial_s / batched_s:.2f}x")
+        times = interleaved({"floor": floor, "batched": batched, "serial": one_by_one}, args.repeats)
+        speedups[zoo] = times["serial"]["median"] / times["batched"]["median"]
+        cases.append(ratio_case(f"{zoo} batched ({classes} classes)", times, "batched", "floor", steps=steps))
+        cases.append(ratio_case(f"{zoo} class by class", times, "serial", "floor", steps=steps, speedup=speedups[zoo]))
+        print(f"{zoo}: speedup {speedups[zoo]:.2f}x (medians)")
     report(
         "neural_cleanse",
         cases,
