@@ -61,6 +61,7 @@ class AuditRunner:
         self._total = 0
         self.run_stats = self.executor.stats.snapshot()
         self._inputs_of: dict[str, dict[str, Any]] = {}
+        self._task_fingerprint: dict[str, Any] = {}
 
     # -- inputs -------------------------------------------------------------------------
     def model(self) -> ModelHandle:
@@ -83,18 +84,14 @@ class AuditRunner:
             self._train = load_dataset(self.config.data, split="train")
         return self._train
 
-    def model_file(self) -> Path:
-        from advkit.models.resolve import model_file
-
-        return model_file(self.config.model)
-
     def fingerprint(self) -> dict[str, Any]:
         """SHA-256 of the model file and every data file (the provenance manifest), computed once."""
         if self._fingerprint is None:
             from advkit.data.provenance import build_manifest
+            from advkit.models.resolve import model_file as spec_file
 
             files: dict[str, list[Path]] = {"data": list(self.eval_data().files)}
-            model_file = self.model_file()
+            model_file = spec_file(self.config.model)
             if model_file.is_file():
                 files["model"] = [model_file]
             manifest = build_manifest(files)
@@ -127,6 +124,8 @@ class AuditRunner:
         (self.run_dir / "artifacts").mkdir(exist_ok=True)
         write_json(self.run_dir / "config.json", self.config.model_dump(mode="json"))
         self._hash_plan(plan)
+        self._inputs_of = {s.id: s.inputs for s in plan}  # what every task is told of the plan
+        self._task_fingerprint = self.fingerprint()
         for step in plan:
             self._read_back(step)
         before = self.executor.stats.snapshot()
@@ -216,11 +215,15 @@ class AuditRunner:
                 self._salvage(running, parts)
                 raise
             _, step, index = running.pop(id(done))
-            self._write_files(outcome.files)
-            parts.setdefault(step.id, {})[index] = outcome
-            if len(parts[step.id]) == len(step.shards or [None]):
-                collected = parts.pop(step.id)
-                self._finish(step, [collected[i] for i in range(len(collected))])
+            self._collect(step, index, outcome, parts)
+
+    def _collect(self, step: Step, index: int, outcome: TaskOutcome, parts: dict[str, dict[int, TaskOutcome]]) -> None:
+        """Write a task's files; once every shard of its step is in, finish the step."""
+        self._write_files(outcome.files)
+        parts.setdefault(step.id, {})[index] = outcome
+        if len(parts[step.id]) == len(step.shards or [None]):
+            collected = parts.pop(step.id)
+            self._finish(step, [collected[i] for i in range(len(collected))])
 
     def _salvage(self, running: dict[int, tuple[Pending, Step, int]], parts: dict[str, dict[int, TaskOutcome]]) -> None:
         """After a task failed: keep every step that already finished elsewhere, stop the rest."""
@@ -231,25 +234,20 @@ class AuditRunner:
                 _, outcome = self.executor.wait([task])
             except AdvkitError:
                 continue
-            self._write_files(outcome.files)
-            parts.setdefault(step.id, {})[index] = outcome
-            if len(parts[step.id]) == len(step.shards or [None]):
-                collected = parts.pop(step.id)
-                self._finish(step, [collected[i] for i in range(len(collected))])
+            self._collect(step, index, outcome, parts)
         self.executor.cancel([entry[0] for entry in running.values()])
 
     def _submit(self, step: Step, shard: tuple[int, int] | None, plan: list[Step]) -> Pending:
         remote = self.executor.remote
         needed = closure(plan, step.id)
         names = sorted({name for d in needed for name in artifact_names(self.results[d], inputs_only=True)}) if remote else []
-        self._inputs_of = {s.id: s.inputs for s in plan}
         task = StepTask(
             step=step,
             shard=shard,
-            config=self.config.model_dump(mode="json"),
+            config=self.config,
             results={d: self.results[d] for d in needed},  # the same on every executor: a step sees its dependencies only
             inputs_of=self._inputs_of,
-            fingerprint=self.fingerprint(),
+            fingerprint=self._task_fingerprint,
             run_dir=None if remote else str(self.run_dir),
             artifact_names=names,
             progress=None if remote else self.progress,
@@ -297,7 +295,7 @@ class AuditRunner:
     def _driver_workspace(self) -> Workspace:
         from advkit.models.portable import ResidentModel
 
-        return Workspace(self.config, self.run_dir, ResidentModel(self.model()), self.eval_data(), None, self.results, self._inputs_of, self.fingerprint(), self.progress)
+        return Workspace(self.config, self.run_dir, ResidentModel(self.model()), self.eval_data(), None, self.results, self._inputs_of, self._task_fingerprint, self.progress)
 
 
 def artifact_names(result: dict[str, Any], *, inputs_only: bool = False) -> list[str]:

@@ -27,7 +27,7 @@ class StepTask:
 
     step: Step
     shard: tuple[int, int] | None
-    config: dict[str, Any]
+    config: AuditConfig
     results: dict[str, dict[str, Any]]
     inputs_of: dict[str, dict[str, Any]]
     fingerprint: dict[str, Any]
@@ -63,7 +63,7 @@ def _run(task: StepTask, run_dir: Path, model_source: Any, eval_rows: Dataset, t
     from advkit.audit.steps import STEP_KINDS
 
     env = Workspace(
-        AuditConfig.model_validate(task.config), run_dir, model_source, eval_rows, train_rows, task.results, task.inputs_of, task.fingerprint, task.progress
+        task.config, run_dir, model_source, eval_rows, train_rows, task.results, task.inputs_of, task.fingerprint, task.progress
     )
     kind = STEP_KINDS[task.step.kind]
     ctx = StepContext(env, task.step, task.shard)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from advkit.engine.base import Executor, ExecutorStats, Pending, Shared, iter_done, nbytes, shard_seed, worker_cache
+from advkit.engine.base import Executor, ExecutorStats, Pending, Shared, nbytes, shard_seed, worker_cache
 from advkit.errors import AdvkitError
 
 EXECUTORS = ("local", "ray")
@@ -47,4 +47,4 @@ def make_executor(kind: str = "local", *, address: str | None = None, workers: i
     raise AdvkitError(f"--executor {kind!r}: choose one of {', '.join(EXECUTORS)}")
 
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorStats", "Pending", "Shared", "iter_done", "make_executor", "nbytes", "shard_seed", "worker_cache"]
+__all__ = ["EXECUTORS", "Executor", "ExecutorStats", "Pending", "Shared", "make_executor", "nbytes", "shard_seed", "worker_cache"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,13 +162,3 @@ def worker_cache(key: str, build: Callable[[], Any], keep: int = 4) -> Any:
             _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))
         _WORKER_CACHE[key] = build()
     return _WORKER_CACHE[key]
-
-
-def iter_done(executor: Executor, pending: list[Pending]) -> Iterator[tuple[Pending, Any]]:
-    """Yield each pending task with its value as it finishes."""
-    left = list(pending)
-    while left:
-        done, value = executor.wait(left)
-        left = [p for p in left if p is not done]
-        yield done, value
-
