@@ -309,6 +309,7 @@ CASES = [
     Case("certify-batch-size-zero", ["certify", "--batch-size", "0"], "--batch-size must be >= 1"),
     Case("certify-executor-bogus", ["certify", "--executor", "bogus"], "--executor bogus"),
     Case("certify-workers-zero", ["certify", "--workers", "0"], "--workers must be >= 1"),
+    Case("certify-threads-zero", ["certify", "--threads", "0"], "--threads must be >= 1"),
     # poison
     Case("poison-rate-zero", ["poison", "badnets", "--rate", "0"], "rate"),
     Case("poison-rate-two", ["poison", "badnets", "--rate", "2"], "rate"),
@@ -334,6 +335,7 @@ CASES = [
     Case("audit-out-is-a-file", ["audit", "--out", "@afile"], "not a directory"),
     Case("audit-executor-bogus", ["audit", "--executor", "bogus"], "--executor bogus"),
     Case("audit-workers-zero", ["audit", "--workers", "0"], "--workers must be >= 1"),
+    Case("audit-threads-zero", ["audit", "--threads", "0"], "--threads must be >= 1"),
     Case("audit-address-without-ray", ["audit", "--address", "ray://head:10001"], "use it with --executor ray"),
     Case("audit-config-model-missing", ["audit", "@missingmodel.yaml"], "no such file"),
     # steal
