@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion import NES, PGD, HopSkipJump, OnePixel, SquareAttack
 from advkit.attacks.evasion.base import CleanLabels, CleanScores, clean_info
 from advkit.core import KnowledgeError, ModelHandle, Threat
@@ -139,7 +140,7 @@ def test_knowledge_level_is_enforced(digits_model, digits_test):
     square = SquareAttack(Threat(eps=0.3), max_queries=20)
     clean = clean_info(x, digits_model.predict_logits(x), "label")
     with pytest.raises(KnowledgeError):  # a score attack handed a label-only model fails loudly
-        square.run(label_only, x, y, None, square.threat.with_bounds((0.0, 1.0)), torch.Generator(), clean)
+        square.run(label_only, x, y, None, square.threat.with_bounds((0.0, 1.0)), RowRandom(0, torch.arange(8)), clean)
     with pytest.raises(AdvkitError, match="needs score-box access"):
         SquareAttack(Threat(eps=0.3, knowledge="label"))
     scores = digits_model.view("score").probs(x.clone().requires_grad_(True))
@@ -177,7 +178,7 @@ def test_hopskipjump_targeted_starts_at_an_image_of_the_target_class(digits_mode
     labels = digits_model.predict(x)
     target = (y + 1 + torch.arange(50) % 9) % 10
     start = x.clone()
-    found = HopSkipJump._target_images(x, target, labels, start, torch.Generator().manual_seed(0))
+    found = HopSkipJump._target_images(x, target, labels, start, RowRandom(0, torch.arange(x.shape[0])))
     assert bool(found.all())  # every class is in the batch
     assert torch.equal(digits_model.predict(start)[found], target[found])
     assert not bool((start == x).flatten(1).all(1)[found].any())  # another row, never the row itself
@@ -195,7 +196,7 @@ def test_square_linf_redraws_a_window_that_would_change_nothing():
     eps = 0.1
     attack = SquareAttack(Threat(eps=eps), max_queries=10)
     x_best = x + eps  # every pixel already at +eps: half of all sign draws would change nothing
-    candidate = attack._linf_step(x, x_best, eps, 2, torch.Generator().manual_seed(0), 0.0, 1.0)
+    candidate = attack._linf_step(x, x_best, eps, 2, RowRandom(0, torch.arange(200)), 1, 0.0, 1.0)
     changed = ((candidate - x_best).abs() > 1e-7).flatten(1).sum(1)
     assert bool((changed == 4).all())  # every image: its whole 2x2 window moved to -eps
     assert float((candidate - x).abs().max()) <= eps + 1e-6

@@ -89,17 +89,17 @@ class ScoreProbe(EvasionAttack):
         super().__init__(threat)
         self.max_queries, self.count, self.answer = max_queries, probes, answer
 
-    def run(self, model, x, y, target, threat, generator, clean):
+    def run(self, model, x, y, target, threat, random, clean):
         self.clean = clean
         n, k = x.shape[0], self.count
-        probes = (x.unsqueeze(1) + threat.eps * torch.randn((n, k, *x.shape[1:]), generator=generator).sign()).clamp(0, 1)
+        probes = (x.unsqueeze(1) + threat.eps * random.signs("probes", (k, *x.shape[1:]))).clamp(0, 1)
         model.probs(probes.flatten(0, 1), rows=torch.arange(n).repeat_interleave(k))
         self.probes = probes
         if self.answer == "nan":
             out = probes[:, 0].clone()
             out[::2] = float("nan")
             return out
-        return x + 3 * threat.eps * torch.randn(x.shape, generator=generator).sign()  # never queried, outside the ball
+        return x + 3 * threat.eps * random.signs("answer", x.shape[1:])  # never queried, outside the ball
 
 
 def test_non_finite_candidates_fall_back_to_the_clean_input(digits_model, digits_test):

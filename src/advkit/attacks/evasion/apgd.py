@@ -63,6 +63,7 @@ from advkit.attacks.evasion.apgd_losses import (
     top_other_classes,
 )
 from advkit.attacks.evasion.apgd_schedule import INITIAL_STEP, MOMENTUM, RHO, apgd_start, checkpoint_fractions, checkpoints
+from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion.base import CleanForward, EvasionAttack, goal_reached
 from advkit.attacks.evasion.steps import ascent_direction, project_delta
 from advkit.core import ModelView, Threat
@@ -273,7 +274,7 @@ class APGD(EvasionAttack):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: CleanForward,
     ) -> tuple[Tensor, Tensor | None]:
         assert threat.bounds is not None
@@ -288,8 +289,8 @@ class APGD(EvasionAttack):
         else:  # on_every_row(): every row runs all steps and answers with its highest-loss point
             done = torch.zeros_like(y, dtype=torch.bool)
             success = never
-        for tgt in self.target_plan(clean_logits, y, target, threat):
-            for _ in range(self.restarts):
+        for pass_index, tgt in enumerate(self.target_plan(clean_logits, y, target, threat)):
+            for restart in range(self.restarts):
                 rows = (~done).nonzero().squeeze(1)
                 if rows.numel() == 0:
                     return out, None
@@ -305,7 +306,7 @@ class APGD(EvasionAttack):
                     steps=self.steps,
                     loss=loss,
                     success=success,
-                    start=apgd_start(xr, threat.eps, threat.norm, threat.bounds, generator),
+                    start=apgd_start(xr, threat.eps, threat.norm, threat.bounds, random[rows], ("start", pass_index, restart)),
                     target=tr,
                     rho=self.rho,
                 )

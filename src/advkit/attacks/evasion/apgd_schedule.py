@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from advkit.attacks.evasion.row_random import RowRandom, Tag
+from advkit.attacks.evasion.steps import draw_normal, draw_uniform
+
 MOMENTUM = 0.75
 RHO = 0.75
 INITIAL_STEP = 2.0  # times eps, Linf and L2 (as in the reference code)
@@ -42,12 +45,12 @@ def checkpoints(steps: int) -> list[int]:
     return points
 
 
-def apgd_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], generator: torch.Generator) -> Tensor:
+def apgd_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], random: RowRandom, tag: Tag = "start") -> Tensor:
     """The reference start: Linf ``eps * t / ||t||_inf`` (t uniform), L2 a direction of norm eps; clipped to the bounds."""
     if norm == "linf":
-        t = torch.rand(x.shape, generator=generator) * 2 - 1
+        t = draw_uniform(random, x, tag) * 2 - 1
         t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
     else:
-        t = torch.randn(x.shape, generator=generator)
+        t = draw_normal(random, x, tag)
         t = t / t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-    return (x + eps * t.to(x.device, x.dtype)).clamp(*bounds)
+    return (x + eps * t).clamp(*bounds)

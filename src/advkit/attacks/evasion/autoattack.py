@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit.attacks.evasion.apgd import APGD, APGDDLR, TARGET_CLASSES, APGDTargeted
+from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion.base import CleanForward, EvasionAttack, Progress, goal_reached
 from advkit.attacks.evasion.fab import FAB
 from advkit.attacks.evasion.square import SquareAttack
@@ -141,7 +142,7 @@ class AutoAttack(EvasionAttack):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: CleanForward,
     ) -> tuple[Tensor, Tensor | None]:
         raise AdvkitError("autoattack runs whole attacks on the model handle: call the attack object, not run()")
@@ -155,10 +156,12 @@ class AutoAttack(EvasionAttack):
         target: Tensor | None = None,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
+        rows: Tensor | None = None,
     ) -> AttackResult:
         if target is not None:
             raise AdvkitError(f"targets were given but the goal is {self.threat.goal}; {self.name} evaluates the untargeted goal")
         handle, threat, x, y, _, generator = self.prepare(model, x, y, None, generator)
+        ids = self.row_random(generator, rows, x).rows  # checked ids; each component keys its own streams by them
         start = time.perf_counter()
         breakdown: list[dict[str, Any]] = []
         every_row = not self.keep_clean_successes  # on_every_row(): misclassified rows get a candidate too
@@ -173,7 +176,7 @@ class AutoAttack(EvasionAttack):
                 if rows.numel():
                     attack = self.component(name, threat)
                     attack = attack.on_every_row() if every_row else attack
-                    result = attack(handle, x[rows], y[rows], generator=generator, progress=progress)
+                    result = attack(handle, x[rows], y[rows], generator=generator, progress=progress, rows=ids[rows.cpu()])
                     broken = result.success.to(rows.device)
                     if not every_row:
                         broken &= result.clean_correct.to(rows.device)

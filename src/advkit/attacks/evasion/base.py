@@ -38,6 +38,7 @@ from advkit.core import (
     check_labels,
 )
 from advkit.errors import AdvkitError
+from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion.verify import QueryLog, goal_reached, project
 from advkit.metrics import perturbation_norms
 
@@ -143,7 +144,7 @@ class EvasionAttack(ABC):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: Clean,
     ) -> Tensor | tuple[Tensor, Any]:
         """Attack one batch; return candidate adversarial inputs, one per row.
@@ -155,7 +156,9 @@ class EvasionAttack(ABC):
         is what the attack's knowledge allows about the clean batch: :class:`CleanForward`
         (white-box: a differentiable forward pass a first gradient step can reuse),
         :class:`CleanScores` or :class:`CleanLabels`. A ``(candidates, anything)`` tuple is
-        accepted too; its second element is ignored (the counts are the view's).
+        accepted too; its second element is ignored (the counts are the view's). Every
+        random draw comes from ``random`` (one stream per row, keyed by the row's id), so a
+        row's attack does not depend on the other rows of its batch.
         """
 
     def clean_forward(self, handle: ModelHandle, x: Tensor) -> CleanForward:
@@ -163,9 +166,9 @@ class EvasionAttack(ABC):
         x_in = x.clone().requires_grad_(True)
         return CleanForward(x_in, handle.logits(x_in))
 
-    def choose_targets(self, handle: ModelHandle, x: Tensor, y: Tensor, clean_logits: Tensor, generator: torch.Generator) -> Tensor:
+    def choose_targets(self, handle: ModelHandle, x: Tensor, y: Tensor, clean_logits: Tensor, random: RowRandom) -> Tensor:
         """Targets when the goal is targeted and none are given: a random other class."""
-        offset = torch.randint(1, handle.num_classes, y.shape, generator=generator).to(y.device)
+        offset = random.randint("targets", 1, handle.num_classes).to(y.device)
         return (y + offset) % handle.num_classes
 
     def __call__(
@@ -177,8 +180,15 @@ class EvasionAttack(ABC):
         target: Tensor | None = None,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
+        rows: Tensor | None = None,
     ) -> AttackResult:
+        """Attack every row; ``rows`` are their ids in the caller's data (default ``0..n-1``).
+
+        A row's random draws are keyed by its id and one draw of ``generator``, so the same
+        row with the same seed gets the same attack whatever else is in the call.
+        """
         handle, threat, x, y, target, generator = self.prepare(model, x, y, target, generator)
+        random = self.row_random(generator, rows, x)
         black_box = self.knowledge != "white"
         start = time.perf_counter()
         clean_logits = torch.empty(x.shape[0], handle.num_classes, device=x.device)
@@ -187,8 +197,8 @@ class EvasionAttack(ABC):
         queries = torch.zeros(x.shape[0], dtype=torch.long) if black_box else None
         with handle.eval_mode():
             for first in range(0, x.shape[0], self.batch_size):
-                rows = slice(first, first + self.batch_size)
-                xb, yb = x[rows], y[rows]
+                batch = slice(first, first + self.batch_size)
+                xb, yb = x[batch], y[batch]
                 if black_box:
                     with torch.inference_mode():
                         logits_b = handle.logits(xb)
@@ -196,14 +206,14 @@ class EvasionAttack(ABC):
                 else:
                     clean = self.clean_forward(handle, xb)
                     logits_b = clean.logits.detach()
-                clean_logits[rows] = logits_b
+                clean_logits[batch] = logits_b
                 tb = None
                 if targets is not None:
-                    tb = target[rows] if target is not None else self.choose_targets(handle, xb, yb, clean_logits[rows], generator)
+                    tb = target[batch] if target is not None else self.choose_targets(handle, xb, yb, clean_logits[batch], random[batch])
                     if bool((tb == yb).any()):
                         row = first + int((tb == yb).nonzero()[0])
                         raise AdvkitError(f"targets: row {row} targets its own true class {int(y[row])}")
-                    targets[rows] = tb
+                    targets[batch] = tb
                 log = QueryLog(xb, yb, tb, threat) if black_box else None
                 view = handle.view(
                     self.knowledge,  # type: ignore[arg-type]
@@ -211,13 +221,13 @@ class EvasionAttack(ABC):
                     rows=xb.shape[0] if black_box else None,
                     observer=log,
                 )
-                out = self.run(view, xb, yb, tb, threat, generator, clean)
+                out = self.run(view, xb, yb, tb, threat, random[batch], clean)
                 candidate = out[0] if isinstance(out, tuple) else out
                 del clean
-                x_adv[rows] = self._settle(handle, view, log, candidate, xb, yb, tb, threat)
+                x_adv[batch] = self._settle(handle, view, log, candidate, xb, yb, tb, threat)
                 if queries is not None:
                     assert view.row_queries is not None
-                    queries[rows] = view.row_queries.cpu()
+                    queries[batch] = view.row_queries.cpu()
                 if progress is not None:
                     progress(self.name, min(first + self.batch_size, x.shape[0]), x.shape[0])
             clean_success = goal_reached(clean_logits, y, targets, threat)
@@ -245,6 +255,15 @@ class EvasionAttack(ABC):
             result.clean_true_prob = torch.softmax(clean_logits, 1).gather(1, y[:, None]).squeeze(1)
             result.adv_true_prob = torch.softmax(adv_logits, 1).gather(1, y[:, None]).squeeze(1)
         return result
+
+    @staticmethod
+    def row_random(generator: torch.Generator, rows: Tensor | None, x: Tensor) -> RowRandom:
+        """The per-row streams of one call: ``rows`` (default ``0..n-1``) keyed by a draw of ``generator``."""
+        if rows is None:
+            rows = torch.arange(x.shape[0])
+        elif tuple(rows.shape) != (x.shape[0],):
+            raise AdvkitError(f"rows: expected {x.shape[0]} row ids, got shape {list(rows.shape)}")
+        return RowRandom.from_generator(generator, rows, x.device)
 
     def prepare(
         self, model: ModelHandle | nn.Module, x: Tensor, y: Tensor, target: Tensor | None, generator: torch.Generator | None

@@ -43,6 +43,8 @@ import torch
 from torch import Tensor
 
 from advkit.attacks.evasion.apgd_losses import TARGET_CLASSES, misclassified, on_target, top_other_classes
+from advkit.attacks.evasion.row_random import RowRandom, Tag
+from advkit.attacks.evasion.steps import draw_normal, draw_uniform
 from advkit.attacks.evasion.base import CleanForward, EvasionAttack, goal_reached
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
@@ -101,10 +103,9 @@ def _norms(delta: Tensor, norm: str) -> Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
-def fab_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], generator: torch.Generator) -> Tensor:
+def fab_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], random: RowRandom, tag: Tag = "start") -> Tensor:
     """The reference's random start for restarts after the first: half of eps in a random direction."""
-    t = torch.rand(x.shape, generator=generator) * 2 - 1 if norm == "linf" else torch.randn(x.shape, generator=generator)
-    t = t.to(x.device, x.dtype)
+    t = draw_uniform(random, x, tag) * 2 - 1 if norm == "linf" else draw_normal(random, x, tag)
     t = t / _norms(t, norm).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
     return (x + 0.5 * eps * t).clamp(*bounds)
 
@@ -313,7 +314,7 @@ class FAB(EvasionAttack):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: CleanForward,
     ) -> tuple[Tensor, Tensor | None]:
         assert threat.bounds is not None
@@ -331,7 +332,7 @@ class FAB(EvasionAttack):
             plan = top_other_classes(clean_logits, y, self.target_classes)
         else:
             plan = [None]
-        for tgt in plan:
+        for pass_index, tgt in enumerate(plan):
             for restart in range(self.restarts):
                 rows = (~done).nonzero().squeeze(1)
                 if rows.numel() == 0:
@@ -341,7 +342,7 @@ class FAB(EvasionAttack):
                 first = None
                 if restart == 0 and 3 * rows.numel() >= 2 * x.shape[0]:
                     first = self._clean_linearisation(clean, rows, yr, tr, threat.norm, targeted_goal)
-                start = xr if restart == 0 else fab_start(xr, threat.eps, threat.norm, threat.bounds, generator)
+                start = xr if restart == 0 else fab_start(xr, threat.eps, threat.norm, threat.bounds, random[rows], ("start", pass_index, restart))
                 adv, norms = fab(
                     model.logits,
                     xr,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion.base import CleanForward, EvasionAttack
 from advkit.attacks.evasion.steps import ascent_direction, attack_loss
 from advkit.core import ModelView, Threat
@@ -39,7 +40,7 @@ class FGSM(EvasionAttack):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: CleanForward,
     ) -> tuple[Tensor, Tensor | None]:
         # The gradient at x comes from the base class's own differentiable clean pass.

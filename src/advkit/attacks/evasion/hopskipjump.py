@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion.base import Clean, EvasionAttack
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
@@ -79,7 +80,7 @@ class HopSkipJump(EvasionAttack):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: Clean,
     ) -> Tensor:
         assert threat.bounds is not None
@@ -106,13 +107,13 @@ class HopSkipJump(EvasionAttack):
         start = x.clone()
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         if target is not None:
-            found = self._target_images(x, target, clean.labels.to(x.device), start, generator)
-        for _ in range(self.init_tries):
+            found = self._target_images(x, target, clean.labels.to(x.device), start, random)
+        for attempt in range(self.init_tries):
             rows = (~found).nonzero().squeeze(1)
             rows = rows[budget(rows) >= 1] if rows.numel() else rows
             if rows.numel() == 0:
                 break
-            noise = torch.rand((rows.numel(), *x.shape[1:]), generator=generator).to(x) * (hi - lo) + lo
+            noise = random[rows].uniform(("init", attempt), x.shape[1:]).to(x) * (hi - lo) + lo
             hit = adversarial(noise, rows)
             start[rows[hit]] = noise[hit]
             found[rows[hit]] = True
@@ -136,7 +137,7 @@ class HopSkipJump(EvasionAttack):
                 if t == 1
                 else dist * (math.sqrt(d) if threat.norm == "l2" else d) * theta
             )
-            grad = self._estimate(cr, rows, delta, evals, adversarial, threat.norm, generator, lo, hi)
+            grad = self._estimate(cr, rows, delta, evals, adversarial, threat.norm, random[rows], t, lo, hi)
             update = grad if threat.norm == "l2" else grad.sign()
             step = dist / math.sqrt(t)
             moved = cr.clone()
@@ -154,13 +155,16 @@ class HopSkipJump(EvasionAttack):
         return current
 
     @staticmethod
-    def _target_images(x: Tensor, target: Tensor, clean_labels: Tensor, start: Tensor, generator: torch.Generator) -> Tensor:
-        """Start each row at a random other row of the batch the model labels as its target."""
+    def _target_images(x: Tensor, target: Tensor, clean_labels: Tensor, start: Tensor, random: RowRandom) -> Tensor:
+        """Start each row at a random other row of the batch the model labels as its target.
+
+        The donor depends on the batch's other rows (the one place where a row's attack does).
+        """
         n = x.shape[0]
         donors = (clean_labels.view(1, n) == target.view(n, 1)) & ~torch.eye(n, dtype=torch.bool, device=x.device)
         found = donors.any(1)
         if bool(found.any()):
-            weights = torch.rand((n, n), generator=generator).to(x.device) * donors  # a random donor per row
+            weights = random.uniform("donor", (n,)).to(x.device) * donors  # a random donor per row
             pick = weights.argmax(1)
             start[found] = x[pick[found]]
         return found
@@ -187,12 +191,12 @@ class HopSkipJump(EvasionAttack):
         return torch.where((high == 1).view(-1, 1, 1, 1), x_adv, self._blend(x, x_adv, high, norm).clamp(lo, hi))
 
     def _estimate(
-        self, point: Tensor, rows: Tensor, delta: Tensor, evals: int, adversarial: Any, norm: str, generator: torch.Generator, lo: float, hi: float
+        self, point: Tensor, rows: Tensor, delta: Tensor, evals: int, adversarial: Any, norm: str, random: RowRandom, t: int, lo: float, hi: float
     ) -> Tensor:
         """Monte Carlo estimate of the boundary normal at ``point`` from ``evals`` label queries per row."""
         m = point.shape[0]
-        shape = (m, evals, *point.shape[1:])
-        probes = torch.randn(shape, generator=generator) if norm == "l2" else torch.rand(shape, generator=generator) * 2 - 1
+        shape = (evals, *point.shape[1:])
+        probes = random.normal(("probes", t), shape) if norm == "l2" else random.uniform(("probes", t), shape) * 2 - 1
         probes = probes.to(point)
         probes = probes / probes.flatten(2).norm(dim=2).clamp_min(1e-12).view(m, evals, 1, 1, 1)
         perturbed = (point.unsqueeze(1) + delta.view(-1, 1, 1, 1, 1) * probes).clamp(lo, hi)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion.base import Clean, EvasionAttack
 from advkit.attacks.evasion.steps import ascent_direction, attack_loss, progress_score, project_delta
 from advkit.core import ModelView, Threat
@@ -120,7 +121,7 @@ class NES(EvasionAttack):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: Clean,
     ) -> Tensor:
         assert threat.bounds is not None
@@ -140,7 +141,7 @@ class NES(EvasionAttack):
         def sub(t: Tensor | None, idx: Tensor) -> Tensor | None:
             return None if t is None else t[idx]
 
-        for _ in range(self.max_queries):  # each pass costs a row at least one query
+        for iteration in range(self.max_queries):  # each pass costs a row at least one query
             rows = everyone[open_rows]
             rows = rows[model.budget_left(rows) >= 1] if rows.numel() else rows
             if rows.numel() == 0:
@@ -158,7 +159,7 @@ class NES(EvasionAttack):
             if rows.numel() == 0:
                 continue
             m = rows.numel()
-            u = torch.randn((m, half, *x.shape[1:]), generator=generator).to(x)
+            u = random[rows].normal(("probes", iteration), (half, *x.shape[1:])).to(x)
             u = torch.cat([u, -u], 1)  # antithetic pairs
             probes = (point.unsqueeze(1) + self.sigma * u).flatten(0, 1)
             scores = torch.log(model.probs(probes, rows=rows.repeat_interleave(self.samples)).clamp_min(1e-30))

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion.base import Clean, EvasionAttack
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
@@ -69,7 +70,7 @@ class OnePixel(EvasionAttack):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: Clean,
     ) -> Tensor:
         assert threat.bounds is not None
@@ -83,7 +84,7 @@ class OnePixel(EvasionAttack):
         pop, genes = self.population, k * (2 + c)
         scale = torch.tensor([h - 1e-6, w - 1e-6, *([hi - lo] * c)] * k)
         offset = torch.tensor([0.0, 0.0, *([lo] * c)] * k)
-        population = (torch.rand((n, pop, genes), generator=generator) * scale + offset).to(x)
+        population = (random.uniform("population", (pop, genes)) * scale + offset).to(x)
         scale, offset = scale.to(x), offset.to(x)
         best_x = x.clone()
         everyone = torch.arange(n, device=x.device)
@@ -94,14 +95,14 @@ class OnePixel(EvasionAttack):
         rows_done = success.any(1)
         self._record(best_x, images, fitness, success, rows_done, done)
         generations = self.max_queries // pop - 1
-        for _ in range(generations):
+        for generation in range(generations):
             active = (~done).nonzero().squeeze(1)
             active = active[model.budget_left(active) >= pop] if active.numel() else active
             if active.numel() == 0:
                 break
             parents = population[active]
             # three distinct members other than the parent itself, per population slot
-            picks = torch.rand((pop, pop - 1), generator=generator).argsort(1)[:, :3]
+            picks = random.uniform(("picks", generation), (pop, pop - 1), shared=True).argsort(1)[:, :3].cpu()
             picks = (picks + (picks >= torch.arange(pop).unsqueeze(1)).long()).to(x.device)
             a, b, cc = parents[:, picks[:, 0]], parents[:, picks[:, 1]], parents[:, picks[:, 2]]
             children = torch.minimum(torch.maximum(a + self.mutation * (b - cc), offset), offset + scale)

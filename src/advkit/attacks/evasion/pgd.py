@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from advkit.attacks.evasion.base import CleanForward, EvasionAttack
+from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion.steps import pgd, random_start
 from advkit.core import ModelHandle, ModelView, Threat
 from advkit.errors import AdvkitError
@@ -114,7 +115,7 @@ class PGD(EvasionAttack):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: CleanForward,
     ) -> tuple[Tensor, Tensor | None]:
         assert threat.bounds is not None
@@ -139,7 +140,7 @@ class PGD(EvasionAttack):
                 goal=threat.goal,
                 target=target[rows] if target is not None else None,
                 loss=loss,
-                init=random_start(xr, threat.eps, threat.norm, threat.bounds, generator) if start_random else None,
+                init=random_start(xr, threat.eps, threat.norm, threat.bounds, random[rows], ("restart", restart)) if start_random else None,
                 first_step=first_step,
                 first_forward=(clean.x, clean.logits) if not start_random and restart == 0 else None,
                 confidence=threat.confidence,
@@ -228,5 +229,5 @@ class ILLC(BIM):
             threat = replace(threat, goal="targeted")
         super().__init__(threat, **kwargs)
 
-    def choose_targets(self, handle: ModelHandle, x: Tensor, y: Tensor, clean_logits: Tensor, generator: torch.Generator) -> Tensor:
+    def choose_targets(self, handle: ModelHandle, x: Tensor, y: Tensor, clean_logits: Tensor, random: RowRandom) -> Tensor:
         return clean_logits.scatter(1, y[:, None], float("inf")).argmin(1)

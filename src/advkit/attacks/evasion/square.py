@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advkit.attacks.evasion.row_random import RowRandom, Tag
 from advkit.attacks.evasion.base import Clean, EvasionAttack
 from advkit.attacks.evasion.steps import margin
 from advkit.core import ModelView, Threat
@@ -41,9 +42,9 @@ def _schedule(p_init: float, iteration: int, iterations: int) -> float:
     return p_init
 
 
-def _random_signs(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
-    """+-1 drawn uniformly, on ``like``'s device and dtype."""
-    return torch.randint(0, 2, shape, generator=generator).float().mul_(2).sub_(1).to(like)
+def _random_signs(random: RowRandom, tag: Tag, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """+-1 drawn uniformly per row (``shape`` excludes the row axis), on ``like``'s device and dtype."""
+    return random.signs(tag, shape).to(like)
 
 
 def _pseudo_gaussian_rectangle(rows: int, cols: int) -> Tensor:
@@ -55,7 +56,7 @@ def _pseudo_gaussian_rectangle(rows: int, cols: int) -> Tensor:
     return delta / delta.norm()
 
 
-def pseudo_gaussian_window(side: int, generator: torch.Generator) -> Tensor:
+def pseudo_gaussian_window(side: int, transpose: bool) -> Tensor:
     """Two opposite-signed pseudo-Gaussian halves (randomly transposed), unit L2 norm."""
     delta = torch.zeros(side, side)
     half = side // 2
@@ -63,7 +64,7 @@ def pseudo_gaussian_window(side: int, generator: torch.Generator) -> Tensor:
         delta[:half] = _pseudo_gaussian_rectangle(half, side)
     delta[half:] = -_pseudo_gaussian_rectangle(side - half, side)
     delta = delta / delta.norm()
-    if float(torch.rand((), generator=generator)) > 0.5:
+    if transpose:
         delta = delta.T
     return delta
 
@@ -114,7 +115,7 @@ class SquareAttack(EvasionAttack):
         y: Tensor,
         target: Tensor | None,
         threat: Threat,
-        generator: torch.Generator,
+        random: RowRandom,
         clean: Clean,
     ) -> Tensor:
         assert threat.bounds is not None
@@ -129,9 +130,9 @@ class SquareAttack(EvasionAttack):
         if first.numel() == 0:
             return x_best
         if threat.norm == "linf":
-            start = (x + eps * _random_signs((n, c, 1, w), generator, x)).clamp(lo, hi)
+            start = (x + eps * _random_signs(random, "start", (c, 1, w), x)).clamp(lo, hi)
         else:
-            start = (x + self._l2_start(x, eps, generator)).clamp(lo, hi)
+            start = (x + self._l2_start(x, eps, random)).clamp(lo, hi)
         x_best[first] = start[first]
         probs = model.probs(x_best[first], rows=first)
         sub_target = None if target is None else target[first]
@@ -149,12 +150,12 @@ class SquareAttack(EvasionAttack):
             p = _schedule(self.p_init, i - 1, iterations)
             if threat.norm == "linf":
                 side = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1 if h > 1 else 1)
-                candidate = self._linf_step(xa, xb_, eps, side, generator, lo, hi)
+                candidate = self._linf_step(xa, xb_, eps, side, random[active], i, lo, hi)
             else:
                 side = max(int(round(math.sqrt(p * h * w))), 3)
                 side += 1 - side % 2
                 side = min(side, h - 1 if h > 1 else 1)
-                candidate = self._l2_step(xa, xb_, eps, side, generator).clamp(lo, hi)
+                candidate = self._l2_step(xa, xb_, eps, side, random[active], i).clamp(lo, hi)
             cand_probs = model.probs(candidate, rows=active)
             sub_y, sub_target = y[active], None if target is None else target[active]
             cand_loss = self._loss(cand_probs, sub_y, sub_target)
@@ -166,32 +167,32 @@ class SquareAttack(EvasionAttack):
         return x_best
 
     @staticmethod
-    def _window(h: int, w: int, side: int, generator: torch.Generator) -> tuple[int, int]:
-        top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
-        return top, left
+    def _window(h: int, w: int, side: int, random: RowRandom, tag: Tag) -> tuple[int, int]:
+        """One window for every row (the reference's L2 step), drawn from the iteration's shared stream."""
+        top, left = random.randint(tag, 0, 1 << 30, (2,), shared=True).tolist()
+        return top % (h - side + 1), left % (w - side + 1)
 
-    def _linf_step(self, x: Tensor, x_best: Tensor, eps: float, side: int, generator: torch.Generator, lo: float, hi: float) -> Tensor:
+    def _linf_step(self, x: Tensor, x_best: Tensor, eps: float, side: int, random: RowRandom, i: int, lo: float, hi: float) -> Tensor:
         """Each image's own window set to +-eps per channel, redrawn while it would change nothing."""
         n, c, h, w = x.shape
-        tops = torch.randint(0, h - side + 1, (n,), generator=generator).to(x.device)
-        lefts = torch.randint(0, w - side + 1, (n,), generator=generator).to(x.device)
+        tops = random.randint(("top", i), 0, h - side + 1).to(x.device)
+        lefts = random.randint(("left", i), 0, w - side + 1).to(x.device)
         r, q = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         in_rows = (r[None] >= tops[:, None]) & (r[None] < tops[:, None] + side)
         in_cols = (q[None] >= lefts[:, None]) & (q[None] < lefts[:, None] + side)
         window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [n, 1, h, w]
-        signs = _random_signs((n, c, 1, 1), generator, x)
+        signs = _random_signs(random, ("signs", i), (c, 1, 1), x)
         redraw = torch.ones(n, dtype=torch.bool, device=x.device)
-        for _ in range(100):  # the reference redraws until something changes; this bounds it
+        for attempt in range(100):  # the reference redraws until something changes; this bounds it
             candidate = torch.where(window, (x + eps * signs).clamp(lo, hi), x_best)
             same = ((candidate - x_best).abs() < 1e-7).flatten(1).all(1)
             redraw &= same
             if not bool(redraw.any()):
                 break
-            signs = torch.where(redraw.view(-1, 1, 1, 1), _random_signs((n, c, 1, 1), generator, x), signs)
+            signs = torch.where(redraw.view(-1, 1, 1, 1), _random_signs(random, ("signs", i, attempt), (c, 1, 1), x), signs)
         return candidate
 
-    def _l2_start(self, x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+    def _l2_start(self, x: Tensor, eps: float, random: RowRandom) -> Tensor:
         """Pseudo-Gaussian blocks of side h // 5 tiled over the image, random signs, norm eps."""
         n, c, h, w = x.shape
         side = max(h // 5, 1)
@@ -199,18 +200,19 @@ class SquareAttack(EvasionAttack):
         start_h, start_w = (h - side * (h // side)) // 2, (w - side * (w // side)) // 2
         for top in range(start_h, h - side + 1, side):
             for left in range(start_w, w - side + 1, side):
-                window = pseudo_gaussian_window(side, generator).to(x) if side > 1 else torch.ones(1, 1).to(x)
-                signs = _random_signs((n, c, 1, 1), generator, x)
+                flip = bool(random.uniform(("start-flip", top, left), shared=True) > 0.5)
+                window = pseudo_gaussian_window(side, flip).to(x) if side > 1 else torch.ones(1, 1).to(x)
+                signs = _random_signs(random, ("start-signs", top, left), (c, 1, 1), x)
                 delta[:, :, top : top + side, left : left + side] += window * signs
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return delta / norms * eps
 
-    def _l2_step(self, x: Tensor, x_best: Tensor, eps: float, side: int, generator: torch.Generator) -> Tensor:
+    def _l2_step(self, x: Tensor, x_best: Tensor, eps: float, side: int, random: RowRandom, i: int) -> Tensor:
         """Move the mass of window 2 and window 1 into a fresh pseudo-Gaussian window 1."""
         n, c, h, w = x.shape
         delta = x_best - x
-        top, left = self._window(h, w, side, generator)
-        top2, left2 = self._window(h, w, side, generator)
+        top, left = self._window(h, w, side, random, ("window-1", i))
+        top2, left2 = self._window(h, w, side, random, ("window-2", i))
         win1 = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
         win2 = (slice(None), slice(None), slice(top2, top2 + side), slice(left2, left2 + side))
         old = delta[win1]
@@ -220,8 +222,9 @@ class SquareAttack(EvasionAttack):
         both[win1] = 1
         both[win2] = 1
         norm_windows = (delta * both).flatten(2).norm(dim=2).view(n, c, 1, 1)
-        signs = _random_signs((n, c, 1, 1), generator, x)
-        new = pseudo_gaussian_window(side, generator).to(x).expand(n, c, side, side) * signs + old / (1e-10 + norm_old)
+        signs = _random_signs(random, ("signs", i), (c, 1, 1), x)
+        flip = bool(random.uniform(("flip", i), shared=True) > 0.5)
+        new = pseudo_gaussian_window(side, flip).to(x).expand(n, c, side, side) * signs + old / (1e-10 + norm_old)
         budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
         new = new / new.flatten(2).norm(dim=2).view(n, c, 1, 1).clamp_min(1e-12) * budget
         delta[win2] = 0

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from advkit.attacks.evasion.row_random import RowRandom, Tag
 
 Forward = Callable[[Tensor], Tensor]
 
@@ -65,17 +68,36 @@ def project_delta(delta: Tensor, x: Tensor, eps: float, norm: str, bounds: tuple
     return (x + delta).clamp(*bounds) - x
 
 
-def random_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], generator: torch.Generator) -> Tensor:
+Source = Union[torch.Generator, RowRandom]
+
+
+def draw_uniform(source: Source, like: Tensor, tag: Tag = "start") -> Tensor:
+    """Uniform ``[0, 1)`` of ``like``'s shape: per-row streams (attacks) or a generator (training)."""
+    if isinstance(source, RowRandom):
+        return source.uniform(tag, like.shape[1:]).to(like.device, like.dtype)
+    return torch.rand(like.shape, generator=source).to(like.device, like.dtype)
+
+
+def draw_normal(source: Source, like: Tensor, tag: Tag = "start") -> Tensor:
+    """Standard normal of ``like``'s shape, from per-row streams or a generator."""
+    if isinstance(source, RowRandom):
+        return source.normal(tag, like.shape[1:]).to(like.device, like.dtype)
+    return torch.randn(like.shape, generator=source).to(like.device, like.dtype)
+
+
+def random_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], source: Source, tag: Tag = "start") -> Tensor:
     """A uniformly random perturbation in the Linf cube or the L2 ball, inside the bounds."""
     if norm == "linf":
-        delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+        delta = (draw_uniform(source, x, tag) * 2 - 1) * eps
     else:
-        direction = torch.randn(x.shape, generator=generator)
+        direction = draw_normal(source, x, (tag, "direction") if isinstance(source, RowRandom) else tag)
         direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         dims = x[0].numel()
-        radius = torch.rand(x.shape[0], generator=generator) ** (1.0 / dims) * eps
-        delta = direction * radius.view(-1, 1, 1, 1)
-    delta = delta.to(x.device, x.dtype)
+        if isinstance(source, RowRandom):
+            u = source.uniform((tag, "radius")).to(x.device, x.dtype)
+        else:
+            u = torch.rand(x.shape[0], generator=source).to(x.device, x.dtype)
+        delta = direction * (u ** (1.0 / dims) * eps).view(-1, 1, 1, 1)
     return (x + delta).clamp(*bounds) - x
 
 
