@@ -79,6 +79,14 @@ def test_audit_writes_report_json_html_and_provenance(finished_run):
     assert {m["id"] for m in report["models"]} == {"model", "train/adv-fast"}
     assert len(report["evasion"]) == 2 * 2 * 2  # attacks x eps x models
     assert all(r["n"] == 120 for r in report["evasion"])
+    # each attack sweeps eps upwards: 0.3 attacks only the rows 0.1 left standing
+    by_key = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
+    for (model, attack, eps), r in by_key.items():
+        assert r["rows_attacked"] + r["rows_carried"] == 120 and (finished_run / r["adversarial"]).is_file()
+        if eps == 0.1:
+            assert r["rows_carried"] == 0
+        else:  # untargeted: the rows broken at 0.1 are those it got wrong
+            assert r["rows_carried"] == round(120 * (1 - by_key[(model, attack, 0.1)]["adversarial_accuracy"])) > 0
     scenario = report["backdoor"]["scenarios"][0]
     assert scenario["attack_success_rate"] > 0.9 and scenario["mitigations"][0]["mitigation"] == "nc-unlearn"
     assert report["findings"][0]["severity"] in ("critical", "high")

@@ -37,6 +37,7 @@ class EvasionConfig(_Strict):
     restarts: int = Field(3, ge=1)
     max_queries: int = Field(1000, ge=1, description="query budget per image of black-box attacks, also of the Square run the gradient-masking check adds")
     limit: int | None = Field(None, ge=1, description="attack only the first N rows")
+    carry: bool = Field(True, description="sweep each attack in increasing eps, attacking only the rows the smaller eps left standing")
 
     @field_validator("eps")
     @classmethod

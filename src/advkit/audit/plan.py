@@ -67,8 +67,12 @@ def evasion_steps(config: AuditConfig, target: str, depends: list[str]) -> list[
     label = "model" if target == "model" else target.split("/", 1)[1]
     steps: list[Step] = []
     for attack in config.evasion.attacks:
+        previous: str | None = None  # with carry, each eps starts from the rows the smaller one left standing
         for eps in config.evasion.eps:
-            steps.append(Step(f"evasion/{label}/{attack}@{eps:g}", "evasion", {"attack": attack, "eps": eps, "target": target}, list(depends)))
+            step_id = f"evasion/{label}/{attack}@{eps:g}"
+            inputs = {"attack": attack, "eps": eps, "target": target, "carry_from": previous}
+            steps.append(Step(step_id, "evasion", inputs, list(depends) + ([previous] if previous else [])))
+            previous = step_id if config.evasion.carry else None
     for eps in config.evasion.eps:
         evasion_ids = [f"evasion/{label}/{attack}@{eps:g}" for attack in config.evasion.attacks]
         inputs = {"target": target, "eps": eps, "evasion_steps": evasion_ids, "attack": MASKING_ATTACK}

@@ -302,5 +302,5 @@ def artifact_names(result: dict[str, Any], *, inputs_only: bool = False) -> list
     """The run-relative files a step result names: models, triggers and (unless
     ``inputs_only``: what later steps read) the example images only the report shows."""
     nested = [result["record"]] if isinstance(result.get("record"), dict) else []
-    keys = ("artifact", "triggers") if inputs_only else ("artifact", "examples", "triggers")
+    keys = ("artifact", "triggers", "adversarial") if inputs_only else ("artifact", "examples", "triggers", "adversarial")
     return [r[k] for r in [result, *nested] for k in keys if isinstance(r.get(k), str)]

@@ -51,11 +51,16 @@ def _target_model(ctx: StepContext, target: str) -> ModelHandle:
 def evasion(ctx: StepContext) -> dict[str, Any]:
     """One evasion attack at one budget on the audited or a mitigated model."""
     inputs = ctx.step.inputs
-    return _attack_record(ctx, inputs["target"], inputs["attack"], inputs["eps"])
+    return _attack_record(ctx, inputs["target"], inputs["attack"], inputs["eps"], inputs.get("carry_from"))
 
 
-def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float) -> dict[str, Any]:
-    """Run one attack on the evaluation rows; the record keeps per-row outcomes for the worst case."""
+def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float, carry_from: str | None = None) -> dict[str, Any]:
+    """Run one attack on the evaluation rows; the record keeps per-row outcomes for the worst case.
+
+    With ``carry_from`` (the same attack's step at the next smaller eps), the rows that
+    step broke are carried with their examples and only the others are attacked.
+    """
+    from advkit.attacks.evasion.sweep import carry_forward, load_rows, save_rows
     from advkit.attacks.sanity import check_eps_zero
 
     cfg = ctx.env.config
@@ -63,8 +68,17 @@ def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float) 
     data = ctx.env.eval_data().head(cfg.evasion.limit)
     settings = {"steps": cfg.evasion.steps, "restarts": cfg.evasion.restarts, "max_queries": cfg.evasion.max_queries}
     attack = build_evasion(attack_name, threat_for(cfg, eps, attack_name), settings, strict=False)
-    result = attack(model, data.x, data.y, generator=ctx.generator, progress=ctx.env.progress)
+    previous = None
+    if carry_from is not None:
+        before = ctx.result(carry_from)
+        threat = threat_for(cfg, before["threat"]["eps"], attack_name)
+        previous = load_rows(ctx.env.run_dir / before["adversarial"], attack_name, threat, data.y, model.num_classes)
+    result = carry_forward(attack, model, data.x, data.y, previous, generator=ctx.generator, progress=ctx.env.progress)
+    rows_file = f"artifacts/adversarial/{step_slug(ctx.step.id)}.npz"
+    (ctx.env.run_dir / "artifacts" / "adversarial").mkdir(parents=True, exist_ok=True)
+    save_rows(ctx.env.run_dir / rows_file, result)
     record = result.to_dict()
+    record["adversarial"] = rows_file
     record.pop("seconds")  # wall times live in the report's timings only: numbers must not vary
     for part in record["params"].get("breakdown", []):
         part.pop("seconds", None)

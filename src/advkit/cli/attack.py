@@ -57,12 +57,15 @@ def attack(
     batch_size: BatchOpt = 500,
     device: DeviceOpt = "cpu",
     checks: Annotated[bool, typer.Option("--checks/--no-checks", help="run the reliability checks first")] = True,
+    carry: Annotated[bool, typer.Option("--carry/--no-carry", help="several eps: attack at each eps only the rows still standing (default); --no-carry runs each eps on every row")] = True,
     json_path: JsonOpt = None,
 ) -> None:
     """Run evasion attacks on a model and data; print accuracy under attack.
 
     With several attacks, each budget also gets a ``worst`` record: a row counts as robust
-    only if every attack left it standing. Options an attack does not take (``--max-queries``
+    only if every attack left it standing. Budgets run in increasing eps; a row an attack
+    broke at a smaller eps is carried to the larger ones with its example (re-verified),
+    and only the rows still standing are attacked (``rows_attacked``, ``rows_carried``). Options an attack does not take (``--max-queries``
     for white-box attacks, ``--steps`` for FGSM) are passed only to the attacks that take them.
     """
     from advkit.attacks.sanity import run_checks
@@ -75,7 +78,7 @@ def attack(
     x_rows, y_rows, targets = _attack_rows(handle, dataset, target, f"{data}:{split}")
     model_checks = run_checks(handle, dataset.x, dataset.y) if checks else None
     meta = {"model": model, "data": data, "split": split, "seed": seed}
-    results = _run_budgets(handle, entries, attack_objs, budgets, x_rows, y_rows, targets, model_checks, meta, seed)
+    results = _run_budgets(handle, entries, attack_objs, budgets, x_rows, y_rows, targets, model_checks, meta, seed, carry)
     if model_checks is not None:
         _print_unreliable(results)
     _print_attack_table(results)
@@ -127,19 +130,25 @@ def _run_budgets(
     model_checks: SanityReport | None,
     meta: dict[str, Any],
     seed: int,
+    carry: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every attack at every budget, plus a ``worst`` record per budget for several attacks."""
+    """Every attack at every budget (increasing eps), plus a ``worst`` record per budget for several attacks."""
+    from advkit.attacks.evasion.sweep import carry_forward
     from advkit.metrics import worst_of_results
     from advkit.attacks.sanity import SanityReport, check_eps_zero
 
     progress = progress_callback(True)
     results: list[dict[str, Any]] = []
-    for budget in budgets:
+    previous: dict[str, AttackResult] = {}
+    for budget in sorted(budgets):
         at_budget: list[AttackResult] = []
         for entry in entries:
             attack_obj = attack_objs[(entry.name, budget)]
             eps_zero = check_eps_zero(attack_obj, handle, x_rows[:64], y_rows[:64]) if model_checks is not None else None
-            result = attack_obj(handle, x_rows, y_rows, target=targets, generator=torch.Generator().manual_seed(seed), progress=progress)
+            generator = torch.Generator().manual_seed(seed)
+            seed_result = previous.get(entry.name) if carry else None
+            result = carry_forward(attack_obj, handle, x_rows, y_rows, seed_result, target=targets, generator=generator, progress=progress)
+            previous[entry.name] = result
             at_budget.append(result)
             record = {**result.to_dict(), **meta}
             if model_checks is not None and eps_zero is not None:

@@ -34,6 +34,8 @@ class AttackResult:
     clean_true_prob: Tensor | None = None
     adv_true_prob: Tensor | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    rows_attacked: int | None = None  # None: every row (an independent run)
+    rows_carried: int = 0  # rows broken at a smaller budget of a sweep, carried with their example
 
     @property
     def n(self) -> int:
@@ -84,6 +86,8 @@ class AttackResult:
             "params": self.params,
             "max_perturbation": float(self.perturbation.max()) if self.n else 0.0,
             "mean_perturbation_of_successes": float(self.perturbation[ok].mean()) if bool(ok.any()) else None,
+            "rows_attacked": self.n if self.rows_attacked is None else self.rows_attacked,
+            "rows_carried": self.rows_carried,
         }
 
 

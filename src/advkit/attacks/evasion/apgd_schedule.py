@@ -7,7 +7,6 @@ runs the loop that follows them.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from advkit.attacks.evasion.row_random import RowRandom, Tag

@@ -182,14 +182,15 @@ class SquareAttack(EvasionAttack):
         in_cols = (q[None] >= lefts[:, None]) & (q[None] < lefts[:, None] + side)
         window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [n, 1, h, w]
         signs = _random_signs(random, ("signs", i), (c, 1, 1), x)
-        redraw = torch.ones(n, dtype=torch.bool, device=x.device)
+        candidate = torch.where(window, (x + eps * signs).clamp(lo, hi), x_best)
+        redraw = ((candidate - x_best).abs() < 1e-7).flatten(1).all(1).nonzero().squeeze(1)
         for attempt in range(100):  # the reference redraws until something changes; this bounds it
-            candidate = torch.where(window, (x + eps * signs).clamp(lo, hi), x_best)
-            same = ((candidate - x_best).abs() < 1e-7).flatten(1).all(1)
-            redraw &= same
-            if not bool(redraw.any()):
+            if redraw.numel() == 0:
                 break
-            signs = torch.where(redraw.view(-1, 1, 1, 1), _random_signs(random, ("signs", i, attempt), (c, 1, 1), x), signs)
+            signs = _random_signs(random[redraw], ("signs", i, attempt), (c, 1, 1), x)  # only the rows that need it
+            fresh = torch.where(window[redraw], (x[redraw] + eps * signs).clamp(lo, hi), x_best[redraw])
+            candidate[redraw] = fresh
+            redraw = redraw[((fresh - x_best[redraw]).abs() < 1e-7).flatten(1).all(1)]
         return candidate
 
     def _l2_start(self, x: Tensor, eps: float, random: RowRandom) -> Tensor:
