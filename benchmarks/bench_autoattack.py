@@ -1,7 +1,7 @@
 """AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) against torchattacks' on the same rows.
 
-Per budget, three timed runs on the same rows, interleaved over ``--repeats`` (this
-machine's speed drifts between runs; the minimum counts):
+Per budget, three timed runs on the same rows, interleaved over ``--repeats`` rounds
+after a warm-up round (this machine's speed drifts between runs; min and median ratios):
 
 - advkit ``AutoAttack`` standard as in the paper (100 iterations per gradient attack);
 - advkit ``AutoAttack(steps=10)``, the iteration count torchattacks' ``AutoAttack`` uses
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import case, report, timed  # noqa: E402
+from common import interleaved, ratio_case, report, timed  # noqa: E402
 
 from advkit.attacks.evasion import PGD, AutoAttack  # noqa: E402
 from advkit.core import Threat  # noqa: E402
@@ -44,7 +44,7 @@ BATCH = 500
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", type=Path, default=None, help="write results here")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions (the minimum time counts)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds after one warm-up round (min and median reported)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--data", choices=sorted(SETTINGS), default="digits")
     parser.add_argument("--limit", type=int, default=None, help="first N test rows (default: 150 digits, 60 mnist5k)")
@@ -91,31 +91,30 @@ def main() -> None:
                     break
             return {"robust_accuracy": accuracy(model, final, y), "breakdown": parts}
 
-        times: dict[str, list[float]] = {"standard": [], "steps10": [], "peer": []}
         results: dict[str, Any] = {}
-        for _ in range(args.repeats):
-            for key, fn in (
-                ("standard", lambda: standard(model, x, y, generator=torch.Generator().manual_seed(0))),
-                ("steps10", lambda: like_peer(model, x, y, generator=torch.Generator().manual_seed(0))),
-                ("peer", peer_run if torchattacks is not None else None),
-            ):
-                if fn is None:
-                    continue
-                out, seconds = timed(fn)
-                times[key].append(seconds)
-                results[key] = out
-            print(f"eps={eps:g}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items() if v), flush=True)
+
+        def keep(key: str, fn: Any) -> Any:
+            return lambda: results.__setitem__(key, fn())
+
+        runs = {
+            "standard": keep("standard", lambda: standard(model, x, y, generator=torch.Generator().manual_seed(0))),
+            "steps10": keep("steps10", lambda: like_peer(model, x, y, generator=torch.Generator().manual_seed(0))),
+        }
+        if torchattacks is not None:
+            runs["peer"] = keep("peer", peer_run)
+        times = interleaved(runs, repeats=args.repeats)  # advkit (both settings) and torchattacks in turn
+        print(f"eps={eps:g}: " + ", ".join(f"{k} min {v['min']:.1f}s median {v['median']:.1f}s" for k, v in times.items()), flush=True)
         pgd = PGD(threat, steps=100, restarts=1, batch_size=BATCH)(model, x, y).adversarial_accuracy
         peer_acc = results["peer"]["robust_accuracy"] if "peer" in results else None
-        peer_seconds = min(times["peer"]) if times["peer"] else None
+        peer_seconds = times["peer"]["min"] if "peer" in times else None
         for key, label in (("standard", "100 steps (paper)"), ("steps10", "10 steps (as torchattacks)")):
             res = results[key]
-            seconds = min(times[key])
             cases.append(
-                case(
+                ratio_case(
                     f"advkit autoattack {label} eps={eps:g}",
-                    seconds,
-                    peer_seconds if peer_seconds is not None else seconds,
+                    times,
+                    key,
+                    "peer" if "peer" in times else key,
                     floor="torchattacks AutoAttack standard, same rows" if peer_seconds is not None else "advkit itself (torchattacks not installed)",
                     eps=eps,
                     rows=int(x.shape[0]),
@@ -129,7 +128,7 @@ def main() -> None:
                 )
             )
             print(
-                f"  {label}: advkit robust {res.adversarial_accuracy:.4f} in {seconds:.1f}s | torchattacks "
+                f"  {label}: advkit robust {res.adversarial_accuracy:.4f} in {times[key]['min']:.1f}s | torchattacks "
                 + (f"{peer_acc:.4f} in {peer_seconds:.1f}s" if peer_seconds is not None else "n/a")
                 + f" | advkit pgd-100 {pgd:.4f}"
             )

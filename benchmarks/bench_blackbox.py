@@ -4,7 +4,8 @@ Both attacks spend their time in model queries; everything else (random search, 
 bookkeeping, bisection, gradient estimates) is overhead. The floor is a bare forward
 pass (``inference_mode``) over as many rows as the attack queried, in batches of the
 attack's batch size, on the same images, in the same process. Reported per case: the
-attack's seconds, the floor's, their ratio (target <= 1.5) and seconds per 1,000
+attack's seconds, the floor's, their ratio (target <= 1.5; min and median over
+interleaved rounds of floor, advkit and the peer in turn) and seconds per 1,000
 queries x images. ART's SquareAttack and HopSkipJump are timed on the same rows when
 ``adversarial-robustness-toolbox`` is installed.
 Run: ``python benchmarks/bench_blackbox.py --json bench-results/blackbox.json``.
@@ -20,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import case, parse_args, report, timed  # noqa: E402
+from common import interleaved, parse_args, ratio_case, report  # noqa: E402
 
 from advkit.attacks.evasion import HopSkipJump, SquareAttack  # noqa: E402
 from advkit.core import Threat  # noqa: E402
@@ -47,46 +48,48 @@ def main() -> None:
                 remaining -= size
         return time.perf_counter() - start
 
-    cases = []
-    attacks = [
-        ("advkit square linf eps=0.3", SquareAttack(Threat(norm="linf", eps=0.3), max_queries=QUERIES, batch_size=ROWS)),
-        ("advkit hopskipjump l2", HopSkipJump(Threat(norm="l2", eps=100.0), max_queries=QUERIES, batch_size=ROWS)),
-    ]
-    for name, attack in attacks:
-        attack(model, x[:10], y[:10])  # warm-up
-        runs, floors = [], []
-        for _ in range(args.repeats):  # interleaved: this machine's speed drifts between runs
-            runs.append(timed(lambda attack=attack: attack(model, x, y, generator=torch.Generator().manual_seed(0))))
-            floors.append(floor(int(runs[-1][0].queries.sum())))
-        result, seconds = min(runs, key=lambda r: r[1])
-        total = int(result.queries.sum())
-        floor_seconds = min(floors)
-        cases.append(
-            case(
-                name,
-                seconds,
-                floor_seconds,
-                queries=total,
-                seconds_per_1000_query_images=seconds / max(total, 1) * 1000,
-                attack_success_rate=result.attack_success_rate,
-                median_queries=result.to_dict()["queries"]["median"] if result.to_dict()["queries"] else None,
-            )
-        )
     try:
         from art.attacks.evasion import HopSkipJump as ArtHSJ
         from art.attacks.evasion import SquareAttack as ArtSquare
         from art.estimators.classification import PyTorchClassifier
     except ImportError:
         ArtSquare = None  # noqa: N806
+    peers = {}
     if ArtSquare is not None:
         classifier = PyTorchClassifier(network, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=10, clip_values=(0.0, 1.0))
         xs = x.numpy()
         art_square = ArtSquare(classifier, norm="inf", eps=0.3, max_iter=QUERIES, nb_restarts=1, batch_size=ROWS, verbose=False)
-        _, seconds = timed(lambda: art_square.generate(xs))
-        cases.append(case("ART square linf eps=0.3", seconds, cases[0]["floor_seconds"], note="floor of advkit's query count"))
         art_hsj = ArtHSJ(classifier, norm=2, max_iter=5, max_eval=QUERIES, init_eval=100, batch_size=ROWS, verbose=False)
-        _, seconds = timed(lambda: art_hsj.generate(xs))
-        cases.append(case("ART hopskipjump l2 (5 iterations)", seconds, cases[1]["floor_seconds"], note="floor of advkit's query count"))
+        peers = {"square": ("ART square linf eps=0.3", lambda: art_square.generate(xs)), "hopskipjump": ("ART hopskipjump l2 (5 iterations)", lambda: art_hsj.generate(xs))}
+    cases = []
+    attacks = [
+        ("square", "advkit square linf eps=0.3", SquareAttack(Threat(norm="linf", eps=0.3), max_queries=QUERIES, batch_size=ROWS)),
+        ("hopskipjump", "advkit hopskipjump l2", HopSkipJump(Threat(norm="l2", eps=100.0), max_queries=QUERIES, batch_size=ROWS)),
+    ]
+    for key, name, attack in attacks:
+        result = attack(model, x, y, generator=torch.Generator().manual_seed(0))  # the (seeded) query count of every run
+        total = int(result.queries.sum())
+        runs = {
+            "advkit": lambda attack=attack: attack(model, x, y, generator=torch.Generator().manual_seed(0)),
+            "floor": lambda total=total: floor(total),
+        }
+        if key in peers:
+            runs["peer"] = peers[key][1]
+        times = interleaved(runs, repeats=args.repeats)  # floor, advkit and the peer in turn
+        cases.append(
+            ratio_case(
+                name,
+                times,
+                "advkit",
+                "floor",
+                queries=total,
+                seconds_per_1000_query_images=times["advkit"]["min"] / max(total, 1) * 1000,
+                attack_success_rate=result.attack_success_rate,
+                median_queries=result.to_dict()["queries"]["median"] if result.to_dict()["queries"] else None,
+            )
+        )
+        if key in peers:
+            cases.append(ratio_case(peers[key][0], times, "peer", "floor", note="floor of advkit's query count"))
     report("blackbox", cases, args.json, rows=ROWS, max_queries=QUERIES, model="zoo:mnist-cnn")
 
 

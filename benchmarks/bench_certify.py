@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import case, parse_args, report, timed  # noqa: E402
+from common import interleaved, parse_args, ratio_case, report  # noqa: E402
 
 from advkit.certify.smoothing import Smoothed  # noqa: E402
 from advkit.data import load_dataset  # noqa: E402
@@ -69,16 +69,13 @@ def main() -> None:
             for batch in noisy:
                 network(batch).argmax(1)
 
-    certify(), floor()  # warm-up
-    certify_times, floor_times = [], []
-    for _ in range(args.repeats):  # interleaved: this machine's speed drifts between runs
-        certify_times.append(timed(certify)[1])
-        floor_times.append(timed(floor)[1])
+    times = interleaved({"certify": certify, "floor": floor}, repeats=args.repeats)  # in turn, after a warm-up round
     cases = [
-        case(
+        ratio_case(
             f"certify {ROWS} rows, n0={N0}, n={N}",
-            min(certify_times),
-            min(floor_times),
+            times,
+            "certify",
+            "floor",
             samples=ROWS * (N0 + N),
             note="floor: forward + argmax on the same number of pre-drawn noisy inputs, same batches",
         )

@@ -8,8 +8,9 @@ floor's passes walk the same kind of inputs an attack sees: pass 1 on the clean 
 each next pass on the previous input moved by one bare sign step (no projection to the
 bounds, no tracking, no verification). advkit's
 attacks add their mandatory work on top (clean prediction, projection, per-row best
-tracking, the verifying forward pass). torchattacks is timed on the same rows when
-installed.
+tracking, the verifying forward pass). torchattacks and adv-lib (Rony's library:
+``pip install --no-deps adv-lib``; it imports visdom and torchvision, which get empty
+stand-in modules here) are timed on the same rows when installed.
 
 Every round times the floor, advkit and the peer in turn (``common.interleaved``), so a
 change in the machine's load falls on all of them; each case reports the min and the
@@ -41,6 +42,30 @@ BATCH = 500
 BUDGETS = (0.1, 0.2, 0.3)
 
 
+def load_adv_lib() -> Any:
+    """adv-lib's Linf PGD, or None. Its package imports visdom and torchvision at import
+    time for loggers and ImageNet models the benchmark never uses: empty stand-ins."""
+    import types
+
+    try:
+        import visdom  # noqa: F401
+    except ImportError:
+        sys.modules["visdom"] = types.ModuleType("visdom")
+        sys.modules["visdom"].Visdom = object  # type: ignore[attr-defined]
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        vision = types.ModuleType("torchvision")
+        vision.models = types.ModuleType("torchvision.models")  # type: ignore[attr-defined]
+        sys.modules.setdefault("torchvision", vision)
+        sys.modules.setdefault("torchvision.models", vision.models)  # type: ignore[attr-defined]
+    try:
+        from adv_lib.attacks import pgd_linf
+    except ImportError:
+        return None
+    return pgd_linf
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
     handle = pretrained("mnist-cnn")
@@ -53,6 +78,7 @@ def main() -> None:
         import torchattacks
     except ImportError:
         torchattacks = None
+    adv_lib_pgd = load_adv_lib()
 
     def floor(passes: int, eps: float) -> None:
         alpha = 2.5 * eps / 10
@@ -102,22 +128,31 @@ def main() -> None:
         }
         if torchattacks is not None:
             runs["torchattacks"] = peer(torchattacks.PGD(network, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=True))
+        if adv_lib_pgd is not None:  # same budget: 10 steps of 2.5 eps / 10 from a random start, 1 restart
+            runs["adv-lib"] = peer(lambda xb, yb, eps=eps: adv_lib_pgd(network, xb, yb, eps, steps=10, absolute_step_size=2.5 * eps / 10))
         times = interleaved(runs, args.repeats)
         robust = {name: runs[name]().adversarial_accuracy for name in ("advkit", "fixed", "default")}
-        if torchattacks is not None:
-            robust["torchattacks"] = accuracy(runs["torchattacks"]())
+        for name in ("torchattacks", "adv-lib"):
+            if name in runs:
+                robust[name] = accuracy(runs[name]())
         for name, label in (("advkit", "advkit pgd-10, 1 restart, rows retire"), ("fixed", "advkit pgd-10, 1 restart, early_stop=False"), ("default", "advkit pgd-10, default 3 restarts")):
             extra: dict[str, Any] = {"eps": eps, "robust_accuracy": robust[name]}
-            if torchattacks is not None:
-                extra["vs_torchattacks_min"] = times[name]["min"] / times["torchattacks"]["min"]
-                extra["vs_torchattacks_median"] = times[name]["median"] / times["torchattacks"]["median"]
+            for peer_name, key in (("torchattacks", "torchattacks"), ("adv-lib", "adv_lib")):
+                if peer_name in times:
+                    extra[f"vs_{key}_min"] = times[name]["min"] / times[peer_name]["min"]
+                    extra[f"vs_{key}_median"] = times[name]["median"] / times[peer_name]["median"]
             cases.append(ratio_case(f"{label} @{eps:g}", times, name, "floor", **extra))
-        if torchattacks is not None:
-            cases.append(ratio_case(f"torchattacks pgd-10 @{eps:g}", times, "torchattacks", "floor", eps=eps, robust_accuracy=robust["torchattacks"]))
+        for peer_name in ("torchattacks", "adv-lib"):
+            if peer_name in times:
+                cases.append(ratio_case(f"{peer_name} pgd-10 @{eps:g}", times, peer_name, "floor", eps=eps, robust_accuracy=robust[peer_name]))
     report("evasion", cases, args.json, rows=int(x.shape[0]), batch_size=BATCH, model="zoo:mnist-cnn", repeats=args.repeats, interleaved=True)
     for c in cases:
         if "robust_accuracy" in c:
-            vs = f"  vs torchattacks {c['vs_torchattacks_min']:.2f}x/{c['vs_torchattacks_median']:.2f}x" if "vs_torchattacks_min" in c else ""
+            vs = "".join(
+                f"  vs {label} {c[f'vs_{key}_min']:.2f}x/{c[f'vs_{key}_median']:.2f}x"
+                for label, key in (("torchattacks", "torchattacks"), ("adv-lib", "adv_lib"))
+                if f"vs_{key}_min" in c
+            )
             print(f"{c['case']:<48} robust {c['robust_accuracy']:.1%}{vs}")
 
 

@@ -58,6 +58,7 @@ def main() -> None:
         outputs["carry" if carry else "independent"] = {name: sweep(attacks, model, x, y, carry=carry) for name, attacks in per_attack.items()}
 
     times = interleaved({"independent": lambda: section(False), "carry": lambda: section(True)}, repeats=args.repeats)
+    print(", ".join(f"{k}: min {v['min']:.1f}s median {v['median']:.1f}s" for k, v in times.items()), flush=True)
     rows: list[dict[str, Any]] = []
     never_weaker = True
     for name in ATTACKS:
@@ -85,7 +86,7 @@ def main() -> None:
             times,
             "carry",
             "independent",
-            floor="sum of the independent per-eps runs, same rounds",
+            note="floor: the sum of the independent per-eps runs, timed in the same rounds",
             rows=int(x.shape[0]),
             row_by_row_never_weaker=never_weaker,
             per_eps=rows,

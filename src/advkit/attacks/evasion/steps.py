@@ -85,6 +85,12 @@ def draw_normal(source: Source, like: Tensor, tag: Tag = "start") -> Tensor:
     return torch.randn(like.shape, generator=source).to(like.device, like.dtype)
 
 
+def linf_box(x: Tensor, eps: float, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """Per-pixel ``[lower, upper]`` for a Linf perturbation: inside the eps-cube and keeping
+    ``x + delta`` inside the bounds, so one clamp does both projections."""
+    return (bounds[0] - x).clamp_(min=-eps), (bounds[1] - x).clamp_(max=eps)
+
+
 def random_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], source: Source, tag: Tag = "start") -> Tensor:
     """A uniformly random perturbation in the Linf cube or the L2 ball, inside the bounds."""
     if norm == "linf":
@@ -144,7 +150,8 @@ def pgd(
     """
     if first_forward is not None and init is not None:
         raise ValueError("first_forward is the clean point's pass; it cannot be used with a random init")
-    delta = init if init is not None else torch.zeros_like(x)
+    delta = init.clone() if init is not None else torch.zeros_like(x)
+    box = linf_box(x, eps, bounds) if norm == "linf" else None  # the ball and the bounds as one per-pixel interval
     best_x = x.clone()
     best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
     final_x = x.clone()
@@ -172,12 +179,16 @@ def pgd(
                 (grad,) = torch.autograd.grad(per_row[keep].sum(), x_in)
                 grad, active, xa, ya, delta = grad[keep], active[keep], xa[keep], ya[keep], delta[keep]
                 ta = ta[keep] if ta is not None else None
+                box = (box[0][keep], box[1][keep]) if box is not None else None
             else:
                 (grad,) = torch.autograd.grad(per_row.sum(), x_in)
         else:
             (grad,) = torch.autograd.grad(per_row.sum(), x_in)
         size = first_step if (step == 0 and first_step is not None) else step_size
-        delta = project_delta(delta + size * ascent_direction(grad, norm), xa, eps, norm, bounds)
+        if box is not None:  # Linf, in place: delta += size * sign(grad), clipped to the interval
+            delta = delta.add_(grad.sign_(), alpha=size).clamp_(box[0], box[1])
+        else:
+            delta = project_delta(delta + size * ascent_direction(grad, norm), xa, eps, norm, bounds)
     if active.numel():
         last = (xa + delta).detach()
         final_x[active] = last
