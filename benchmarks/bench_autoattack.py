@@ -115,7 +115,7 @@ def main() -> None:
                     times,
                     key,
                     "peer" if "peer" in times else key,
-                    floor="torchattacks AutoAttack standard, same rows" if peer_seconds is not None else "advkit itself (torchattacks not installed)",
+                    note="floor: torchattacks AutoAttack standard, same rows" if peer_seconds is not None else "floor: advkit itself (torchattacks not installed)",
                     eps=eps,
                     rows=int(x.shape[0]),
                     clean_accuracy=res.clean_accuracy,

@@ -74,7 +74,7 @@ class RowRandom:
         twin.rows, twin._row_keys = self.rows[index], self._row_keys[index]
         return twin
 
-    def _bits(self, tag: Tag, shape: Sequence[int], shared: bool = False) -> Tensor:
+    def bits(self, tag: Tag, shape: Sequence[int] = (), shared: bool = False) -> Tensor:
         """Uniform 32-bit integers (int64) of shape ``(rows, *shape)``, or ``shape`` if shared."""
         count = math.prod(shape)
         code = tag_code(tag)
@@ -89,7 +89,7 @@ class RowRandom:
 
     def uniform(self, tag: Tag, shape: Sequence[int] = (), *, shared: bool = False) -> Tensor:
         """Uniform float32 in ``[0, 1)`` (24 bits)."""
-        bits = self._bits(tag, shape, shared)
+        bits = self.bits(tag, shape, shared)
         return (bits >> 8).to(torch.float32).mul_(2.0**-24).to(self.device)
 
     def normal(self, tag: Tag, shape: Sequence[int] = (), *, shared: bool = False) -> Tensor:
@@ -103,10 +103,10 @@ class RowRandom:
         """Integers in ``[low, high)``."""
         if high <= low:
             raise ValueError(f"randint needs high > low; got [{low}, {high})")
-        bits = self._bits(tag, shape, shared)
+        bits = self.bits(tag, shape, shared)
         return (bits % (high - low) + low).to(self.device)
 
     def signs(self, tag: Tag, shape: Sequence[int] = (), *, shared: bool = False) -> Tensor:
         """Random +1/-1 as float32."""
-        bits = self._bits(tag, shape, shared)
+        bits = self.bits(tag, shape, shared)
         return ((bits >> 31) * 2 - 1).to(torch.float32).to(self.device)

@@ -6,10 +6,11 @@ square window of the perturbation and keeps the change only if the margin loss f
 (untargeted: ``log p_y - max_{k != y} log p_k``, equal to the logit margin; targeted:
 cross-entropy of the target). The window's side shrinks on the paper's schedule
 (``p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000
-iterations, rescaled to the query budget). Linf: vertical-stripe start, then each image
-sets its own random window to +-eps per channel, drawing the signs again while the
-window would change nothing (as the reference code does: an unchanged candidate wastes
-a query). L2: a start of pseudo-Gaussian blocks, and each step moves the mass of a
+iterations, rescaled to the query budget). Linf: vertical-stripe start, then each
+iteration sets a random window to +-eps per image and channel, drawing the signs again
+while the window would change nothing (as the reference code does: an unchanged
+candidate wastes a query); the window's place is shared by the batch in one iteration,
+as in AutoAttack's PyTorch code. L2: a start of pseudo-Gaussian blocks, and each step moves the mass of a
 second window into a fresh pseudo-Gaussian window (the paper's Algorithm 3), the windows
 shared by the batch in one iteration, as in the reference code. Rows stop querying once
 they succeed or their budget in the view is spent; the view counts the queries (the
@@ -141,9 +142,10 @@ class SquareAttack(EvasionAttack):
         started = torch.zeros(n, dtype=torch.bool, device=x.device)
         started[first] = True
         iterations = self.max_queries
+        budget = model.budget_left(everyone)  # a standing row queries once per iteration: i queries made before iteration i
         for i in range(1, iterations):
             open_rows = (~done & started).nonzero().squeeze(1)
-            active = open_rows[model.budget_left(open_rows) >= 1] if open_rows.numel() else open_rows
+            active = open_rows[budget[open_rows] > i]
             if active.numel() == 0:
                 break
             xa, xb_ = x[active], x_best[active]
@@ -173,24 +175,35 @@ class SquareAttack(EvasionAttack):
         return top % (h - side + 1), left % (w - side + 1)
 
     def _linf_step(self, x: Tensor, x_best: Tensor, eps: float, side: int, random: RowRandom, i: int, lo: float, hi: float) -> Tensor:
-        """Each image's own window set to +-eps per channel, redrawn while it would change nothing."""
+        """The iteration's window set to +-eps per channel, signs drawn again while it would change nothing.
+
+        The window's corner is drawn once per iteration for the whole batch (as in
+        AutoAttack's PyTorch code; each image still sees a uniformly random window every
+        iteration, from a stream keyed by the iteration, so no row depends on the others),
+        and the signs per image and channel. With one channel exactly one of the two signs
+        changes a window the other leaves unchanged (a pixel cannot sit at both bounds), so
+        the redraw the reference code loops for is that sign: the same distribution
+        without the loop. With more channels rows redraw until something changes.
+        """
         n, c, h, w = x.shape
-        tops = random.randint(("top", i), 0, h - side + 1).to(x.device)
-        lefts = random.randint(("left", i), 0, w - side + 1).to(x.device)
-        r, q = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
-        in_rows = (r[None] >= tops[:, None]) & (r[None] < tops[:, None] + side)
-        in_cols = (q[None] >= lefts[:, None]) & (q[None] < lefts[:, None] + side)
-        window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [n, 1, h, w]
+        top, left = self._window(h, w, side, random, ("window", i))
+        region = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
         signs = _random_signs(random, ("signs", i), (c, 1, 1), x)
-        candidate = torch.where(window, (x + eps * signs).clamp(lo, hi), x_best)
-        redraw = ((candidate - x_best).abs() < 1e-7).flatten(1).all(1).nonzero().squeeze(1)
+        inside, best = x[region], x_best[region]
+        new = (inside + eps * signs).clamp_(lo, hi)
+        redraw = ((new - best).abs().flatten(1).amax(1) < 1e-7).nonzero().squeeze(1)
+        if redraw.numel() and c == 1:
+            new[redraw] = (inside[redraw] - eps * signs[redraw]).clamp_(lo, hi)
+            redraw = redraw[:0]
         for attempt in range(100):  # the reference redraws until something changes; this bounds it
             if redraw.numel() == 0:
                 break
-            signs = _random_signs(random[redraw], ("signs", i, attempt), (c, 1, 1), x)  # only the rows that need it
-            fresh = torch.where(window[redraw], (x[redraw] + eps * signs).clamp(lo, hi), x_best[redraw])
-            candidate[redraw] = fresh
-            redraw = redraw[((fresh - x_best[redraw]).abs() < 1e-7).flatten(1).all(1)]
+            fresh_signs = _random_signs(random[redraw], ("signs", i, attempt), (c, 1, 1), x)
+            fresh = (inside[redraw] + eps * fresh_signs).clamp_(lo, hi)
+            new[redraw] = fresh
+            redraw = redraw[(fresh - best[redraw]).abs().flatten(1).amax(1) < 1e-7]
+        candidate = x_best.clone()
+        candidate[region] = new
         return candidate
 
     def _l2_start(self, x: Tensor, eps: float, random: RowRandom) -> Tensor:
