@@ -124,6 +124,10 @@ class AuditConfig(_Strict):
     data: str = "digits"
     split: Literal["train", "test"] = "test"
     limit: int | None = Field(None, ge=1)
+    image_size: int | None = Field(
+        None, ge=1, description="image folders: resize the shorter side to round(image_size / crop_fraction) and centre-crop image_size x image_size"
+    )
+    crop_fraction: float = Field(0.875, gt=0, le=1, description="share of the resized shorter side the centre crop keeps (0.875: 256 -> 224)")
     seed: int = 0
     evasion: EvasionConfig = Field(default_factory=EvasionConfig)
     adversarial_training: AdversarialTrainingConfig | None = Field(default_factory=AdversarialTrainingConfig)

@@ -76,12 +76,17 @@ class AuditRunner:
 
     def eval_data(self) -> Dataset:
         if self._eval is None:
-            self._eval = load_dataset(self.config.data, split=self.config.split, limit=self.config.limit)
+            self._eval = load_dataset(
+                self.config.data, split=self.config.split, limit=self.config.limit,
+                image_size=self.config.image_size, crop_fraction=self.config.crop_fraction,
+            )
         return self._eval
 
     def train_data(self) -> Dataset:
         if self._train is None:
-            self._train = load_dataset(self.config.data, split="train")
+            self._train = load_dataset(
+                self.config.data, split="train", image_size=self.config.image_size, crop_fraction=self.config.crop_fraction
+            )
         return self._train
 
     def fingerprint(self) -> dict[str, Any]:

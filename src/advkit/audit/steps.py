@@ -35,6 +35,7 @@ def provenance(ctx: StepContext) -> dict[str, Any]:
     data = env.eval_data()
     checks = run_checks(env.model(), data.x, data.y)
     manifest["sanity"] = checks.to_dict()
+    manifest["preprocessing"] = data.preprocessing  # how the images were resized and cropped (None: the files' own pixels)
     manifest["model_info"] = {
         "input_shape": list(env.model().input_shape),
         "num_classes": env.model().num_classes,

@@ -12,6 +12,7 @@ from advkit.cli.common import (
     BatchOpt,
     DataOpt,
     DeviceOpt,
+    ImageSizeOpt,
     JsonOpt,
     LimitOpt,
     ModelOpt,
@@ -23,6 +24,7 @@ from advkit.cli.common import (
     out,
     parse_floats,
     percent,
+    preprocessing_of,
     progress_callback,
     write_json_output,
 )
@@ -53,6 +55,7 @@ def attack(
     knowledge: Annotated[str | None, typer.Option("--knowledge", help="what the attacker sees: white|score|label (default: what the attack needs)")] = None,
     split: SplitOpt = "test",
     limit: LimitOpt = None,
+    image_size: ImageSizeOpt = None,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 500,
     device: DeviceOpt = "cpu",
@@ -74,10 +77,10 @@ def attack(
         k: v for k, v in {"steps": steps, "restarts": restarts, "step_size": step_size, "loss": loss, "max_queries": max_queries}.items() if v is not None
     }
     entries, budgets, attack_objs = _build_attacks(names, eps, settings, norm, goal, knowledge, batch_size)
-    handle, dataset = load_model_and_data(model, data, split, limit, device)
+    handle, dataset = load_model_and_data(model, data, split, limit, device, image_size=image_size)
     x_rows, y_rows, targets = _attack_rows(handle, dataset, target, f"{data}:{split}")
     model_checks = run_checks(handle, dataset.x, dataset.y) if checks else None
-    meta = {"model": model, "data": data, "split": split, "seed": seed}
+    meta = {"model": model, "data": data, "split": split, "seed": seed, **preprocessing_of(dataset)}
     results = _run_budgets(handle, entries, attack_objs, budgets, x_rows, y_rows, targets, model_checks, meta, seed, carry)
     if model_checks is not None:
         _print_unreliable(results)

@@ -14,6 +14,7 @@ from advkit.cli.common import (
     DataOpt,
     DeviceOpt,
     ExecutorOpt,
+    ImageSizeOpt,
     JsonOpt,
     LimitOpt,
     ModelOpt,
@@ -25,6 +26,7 @@ from advkit.cli.common import (
     command,
     load_model_and_data,
     out,
+    preprocessing_of,
     progress_callback,
     write_json_output,
 )
@@ -41,6 +43,7 @@ def certify(
     alpha: Annotated[float, typer.Option("--alpha", help="failure probability of the certificate")] = 0.001,
     split: SplitOpt = "test",
     limit: LimitOpt = None,
+    image_size: ImageSizeOpt = None,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 1000,
     device: DeviceOpt = "cpu",
@@ -56,14 +59,14 @@ def certify(
 
     _check_settings(sigma, alpha, n, n0, batch_size)
     check_executor_options(executor, address, workers, threads)
-    handle, dataset = load_model_and_data(model, data, split, limit, device)
+    handle, dataset = load_model_and_data(model, data, split, limit, device, image_size=image_size)
     with make_executor(executor, address=address, workers=workers, threads=threads) as engine:
         result = Smoothed(handle, sigma, batch_size).certify_dataset(
             dataset.x, dataset.y, n0, n, alpha, torch.Generator().manual_seed(seed), progress=progress_callback(True),
             executor=engine,
         )
     clean_accuracy = float((handle.predict(dataset.x).cpu() == dataset.y).float().mean())
-    record = {"model": model, "data": data, **result.to_dict(), "clean_accuracy": clean_accuracy, "rows": len(dataset)}
+    record = {"model": model, "data": data, **result.to_dict(), "clean_accuracy": clean_accuracy, "rows": len(dataset), **preprocessing_of(dataset)}
     _print_certificates(record, sigma, n, alpha)
     write_json_output(json_path, record)
 

@@ -45,6 +45,9 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, .safeten
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="digits, mnist5k, or a path (IDX dir, CIFAR-10 dir, .npz, image folder)")]
 SplitOpt = Annotated[str, typer.Option("--split", help="train|test")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="first N rows of the split")]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option("--image-size", help="resize the shorter side to round(S/0.875) and centre-crop S x S (image folders)")
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the run's torch.Generator")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="rows per batch")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N")]
@@ -130,17 +133,27 @@ def parse_floats(text: str, option: str) -> list[float]:
     return values
 
 
-def load_model_and_data(model: str, data: str, split: str, limit: int | None, device: str) -> tuple[ModelHandle, Dataset]:
-    """The model handle and the dataset split, checked to fit each other."""
+def load_model_and_data(
+    model: str, data: str, split: str, limit: int | None, device: str, *, image_size: int | None = None
+) -> tuple[ModelHandle, Dataset]:
+    """The model handle and the dataset split (``--image-size``: resized), checked to fit each other."""
     from advkit.data import load_dataset
     from advkit.models.io import check_model_fits_data
     from advkit.models.resolve import resolve
 
     device = check_device(device)
-    dataset = load_dataset(data, split=split, limit=limit)
+    dataset = load_dataset(data, split=split, limit=limit, image_size=image_size)
     handle = resolve(model, device=device, sample_shape=dataset.input_shape)
     check_model_fits_data(handle, dataset.input_shape, dataset.num_classes, model, data)
     return handle, dataset
+
+
+def preprocessing_of(dataset: Dataset) -> dict[str, Any]:
+    """``{"preprocessing": ...}`` for a ``--json`` record when the images were resized, else ``{}``.
+
+    Data read as the files hold it adds no key, so such records stay as they were.
+    """
+    return {} if dataset.preprocessing is None else {"preprocessing": dict(dataset.preprocessing)}
 
 
 def percent(value: float | None) -> str:

@@ -12,6 +12,7 @@ from advkit.cli.common import (
     BatchOpt,
     DataOpt,
     DeviceOpt,
+    ImageSizeOpt,
     JsonOpt,
     LimitOpt,
     ModelOpt,
@@ -21,6 +22,7 @@ from advkit.cli.common import (
     err,
     load_model_and_data,
     out,
+    preprocessing_of,
     progress_callback,
     write_json_output,
 )
@@ -33,6 +35,7 @@ def inspect(
     data: DataOpt = "digits",
     split: SplitOpt = "test",
     limit: LimitOpt = None,
+    image_size: ImageSizeOpt = None,
     epochs: Annotated[int, typer.Option("--epochs", help="optimisation epochs per class (early stop may end sooner)")] = 60,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 32,
@@ -46,7 +49,7 @@ def inspect(
     from advkit.registry import lookup
 
     lookup(name, "inspection")
-    handle, dataset = load_model_and_data(model, data, split, limit, device)
+    handle, dataset = load_model_and_data(model, data, split, limit, device, image_size=image_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         detector = NeuralCleanse(epochs=epochs, batch_size=batch_size)
@@ -68,6 +71,7 @@ def inspect(
             "median_l1": report.details["median_l1"],
             "warnings": report.details["warnings"],
             "seconds": report.seconds,
+            **preprocessing_of(dataset),
         },
     )
 

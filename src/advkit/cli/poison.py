@@ -10,6 +10,7 @@ import typer
 
 from advkit.cli.common import (
     DataOpt,
+    ImageSizeOpt,
     LimitOpt,
     SeedOpt,
     command,
@@ -43,6 +44,7 @@ def poison(
     arch: Annotated[str | None, typer.Option("--arch", help="victim's architecture (pacd; default: the data's zoo model)")] = None,
     steps: Annotated[int, typer.Option("--steps", help="outer ApproxGrad steps (pacd)")] = 150,
     limit: LimitOpt = None,
+    image_size: ImageSizeOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Poison a dataset's train split (backdoor or PACD); write it with a manifest of changed rows."""
@@ -55,8 +57,8 @@ def poison(
     if out_dir is None:
         raise AdvkitError("--out DIR is required")
     writable(out_dir, "--out", directory=True)
-    train_set = load_dataset(data, split="train", limit=limit)
-    test_set = load_dataset(data, split="test")
+    train_set = load_dataset(data, split="train", limit=limit, image_size=image_size)
+    test_set = load_dataset(data, split="test", image_size=image_size)
     if not 0 <= target < train_set.num_classes:
         raise AdvkitError(f"--target {target} is outside the data's classes 0..{train_set.num_classes - 1}")
     if name == "pacd":

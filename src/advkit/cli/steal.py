@@ -11,12 +11,14 @@ import typer
 from advkit.cli.common import (
     DataOpt,
     DeviceOpt,
+    ImageSizeOpt,
     JsonOpt,
     ModelOpt,
     SeedOpt,
     command,
     load_model_and_data,
     out,
+    preprocessing_of,
     write_json_output,
 )
 from advkit.errors import AdvkitError
@@ -40,6 +42,7 @@ def steal(
     max_queries: Annotated[int | None, typer.Option("--max-queries", help="query budget for the whole theft")] = None,
     eps: Annotated[float, typer.Option("--eps", help="Linf budget of the transferred attack")] = 0.3,
     transfer_attack: Annotated[str, typer.Option("--transfer-attack", help="white-box attack crafted on the substitute (fgsm, pgd, ...)")] = "fgsm",
+    image_size: ImageSizeOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     json_path: JsonOpt = None,
@@ -51,7 +54,7 @@ def steal(
 
     lookup(name, "extraction")
     attack_obj = build_evasion(transfer_attack, Threat(eps=eps), {})  # checked before the theft, not after
-    victim, test_set = load_model_and_data(model, data, "test", None, device)
+    victim, test_set = load_model_and_data(model, data, "test", None, device, image_size=image_size)
     arch = _substitute_arch(arch, victim)
     half = len(test_set) // 2
     attacker_x, held_x, held_y = test_set.x[:half], test_set.x[half:], test_set.y[half:]
@@ -79,6 +82,7 @@ def steal(
         "held_out_rows": int(held_y.shape[0]),
         "history": stolen.history,
         "seconds": time.perf_counter() - start,
+        **preprocessing_of(test_set),
     }
     _print_theft(summary)
     write_json_output(json_path, summary)

@@ -12,12 +12,14 @@ from advkit.cli.common import (
     BatchOpt,
     DataOpt,
     DeviceOpt,
+    ImageSizeOpt,
     JsonOpt,
     LimitOpt,
     SeedOpt,
     check_device,
     command,
     out,
+    preprocessing_of,
     progress_callback,
     writable,
     write_json_output,
@@ -41,6 +43,7 @@ def train(
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
     eval_eps: Annotated[float | None, typer.Option("--eval-eps", help="PGD budget for the robust accuracy check (default: --eps)")] = None,
     limit: LimitOpt = None,
+    image_size: ImageSizeOpt = None,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "cpu",
@@ -61,8 +64,8 @@ def train(
     TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     check_eps = eval_eps if eval_eps is not None else eps
     eval_threat = Threat(norm=norm, eps=check_eps)
-    train_set = load_dataset(data, split="train", limit=limit)
-    test_set = load_dataset(data, split="test")
+    train_set = load_dataset(data, split="train", limit=limit, image_size=image_size)
+    test_set = load_dataset(data, split="test", image_size=image_size)
     trained = train_recipe(
         model, data_info(train_set), train_set.x, train_set.y, defense=defense, epochs=epochs, lr=lr, eps=eps, norm=norm,
         sigma=sigma, batch_size=batch_size, seed=seed, device=device, trained_on=f"{data}:train", progress=progress_callback(True),
@@ -75,7 +78,7 @@ def train(
         f"trained {model} on {data} ({defense}) in {report.seconds:.1f}s: clean accuracy {robust.clean_accuracy:.1%}, "
         f"PGD {norm} eps={check_eps:g} accuracy {robust.adversarial_accuracy:.1%}; saved {out_path}"
     )
-    write_json_output(json_path, summary)
+    write_json_output(json_path, {**summary, **preprocessing_of(train_set)})
 
 
 def _summary(model: str, data: str, defense: str, eps: float, epochs: int, seconds: float, robust: AttackResult, path: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,13 +16,19 @@ from advkit.errors import AdvkitError
 
 @dataclass
 class Dataset:
-    """Images ``x`` as float32 ``[N, C, H, W]`` in ``[0, 1]``, integer labels ``y``."""
+    """Images ``x`` as float32 ``[N, C, H, W]`` in ``[0, 1]``, integer labels ``y``.
+
+    ``preprocessing`` records how the images were made from the files when they were
+    resized and cropped (``image_size``, ``crop_fraction``, ``resize_shorter_side``,
+    ``interpolation``, ``crop``); ``None`` when the pixels are the files' own.
+    """
 
     x: Tensor
     y: Tensor
     classes: list[str]
     name: str
     files: list[Path] = field(default_factory=list)
+    preprocessing: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -35,10 +42,11 @@ class Dataset:
         return int(self.y.shape[0])
 
     def subset(self, index: Tensor | np.ndarray | slice) -> Dataset:
-        """The rows at ``index`` (labels and class names kept)."""
+        """The rows at ``index`` (labels, class names, files and preprocessing kept)."""
         if isinstance(index, np.ndarray):
             index = torch.from_numpy(index)
-        return Dataset(self.x[index], self.y[index], list(self.classes), self.name, list(self.files))
+        preprocessing = dict(self.preprocessing) if self.preprocessing is not None else None
+        return Dataset(self.x[index], self.y[index], list(self.classes), self.name, list(self.files), preprocessing)
 
     def head(self, limit: int | None) -> Dataset:
         """The first ``limit`` rows (all rows for ``None``)."""

@@ -5,7 +5,17 @@
 - ``.npz`` with arrays ``x``, ``y`` (or ``x_train``/``y_train``/``x_test``/``y_test``),
   read with ``allow_pickle=False``.
 - An image folder: one sub-folder per class, or ``train/`` and ``val/`` each holding them
-  (the ImageNet layout), read with Pillow; images must share one size.
+  (the ImageNet layout), read with Pillow. Without ``image_size`` the pixels are the
+  files' own and every image must have one size. With ``image_size`` S each image is
+  decoded, converted (greyscale/RGB as below), resized so its shorter side is
+  ``round(S / crop_fraction)`` and centre-cropped to S x S, one image at a time, so
+  memory holds only the cropped images. That is the torchvision/timm evaluation
+  convention, ``Resize(round(S / 0.875))`` + ``CenterCrop(S)`` (256 then 224 for
+  ImageNet), done with Pillow exactly as torchvision does on PIL images:
+  ``Image.resize(size, BILINEAR, reducing_gap=None)`` (bilinear, antialiased when
+  downscaling), the longer side ``int(R * long / short)``, the crop's corner at
+  ``round((side - S) / 2)``. Arrays (builtin sets, IDX, CIFAR, ``.npz``) are never
+  resized.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,24 +210,83 @@ def _split_dirs(folder: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _pixels(img: object, mode: str) -> np.ndarray:
-    """One image as ``[H, W]`` (mode ``L``) or ``[H, W, 3]`` (``RGB``): uint8, or float in [0, 1] for 16-bit grey.
+def resize_settings(image_size: int, crop_fraction: float) -> dict[str, Any]:
+    """What resizing to ``image_size`` does, as recorded in :attr:`Dataset.preprocessing`."""
+    return {
+        "image_size": image_size,
+        "crop_fraction": crop_fraction,
+        "resize_shorter_side": max(image_size, round(image_size / crop_fraction)),
+        "interpolation": "bilinear, antialiased",
+        "crop": "centre",
+    }
 
-    Pillow's own ``convert("L")`` clips 16-bit values at 255 instead of scaling them, so
-    16-bit grey is divided by 65535 here.
+
+def _resize_crop(img: Any, size: int, shorter: int) -> Any:
+    """Shorter side to ``shorter`` (bilinear, antialiased), then the centre ``size`` x ``size``.
+
+    The arithmetic of torchvision's ``Resize(int)`` and ``CenterCrop`` on PIL images.
     """
-    if img.mode in WIDE_GREY:  # type: ignore[attr-defined]
+    from PIL import Image
+
+    w, h = img.size
+    new_w, new_h = (shorter, int(shorter * h / w)) if w <= h else (int(shorter * w / h), shorter)
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def _pixels(img: Any, resize: tuple[int, int] | None) -> np.ndarray:
+    """One image as ``[H, W]`` (greyscale) or ``[H, W, 3]`` (colour): uint8, or float in [0, 1] for 16-bit grey.
+
+    Greyscale modes become ``L``, others ``RGB`` (alpha dropped), before any resize
+    (``resize`` = (S, shorter side)). Pillow's own ``convert("L")`` clips 16-bit values at
+    255 instead of scaling them, so 16-bit grey is divided by 65535 here and resized as
+    floats (mode ``F``).
+    """
+    from PIL import Image
+
+    if img.mode in WIDE_GREY:
         grey = np.asarray(img, dtype=np.float64)
-        if img.mode != "F":  # type: ignore[attr-defined]  # float TIFF: must already lie in [0, 1]
+        if img.mode != "F":  # float TIFF: must already lie in [0, 1]
             grey = grey / 65535.0
-        return (np.repeat(grey[..., None], 3, axis=2) if mode == "RGB" else grey).astype(np.float32)
-    return np.asarray(img.convert(mode), dtype=np.uint8)  # type: ignore[attr-defined]
+        grey = grey.astype(np.float32)
+        if resize is None:
+            return grey
+        resized = np.asarray(_resize_crop(Image.fromarray(grey), *resize), dtype=np.float32)
+        # Bilinear weights are positive and sum to one: clipping to the input's range only
+        # removes float rounding (a 1.0000001 would fail the [0, 1] check).
+        return np.clip(resized, grey.min(), grey.max())
+    img = img.convert("L" if img.mode in GREY_MODES else "RGB")
+    if resize is not None:
+        img = _resize_crop(img, *resize)
+    return np.asarray(img, dtype=np.uint8)
 
 
-def _read_images(class_dirs: list[Path], names: list[str]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    """Every image under the class folders, labelled by its folder's index in ``names``."""
+def _decode(path: Path, resize: tuple[int, int] | None) -> np.ndarray:
+    """Decode one image file into :func:`_pixels`; a bad file is one line naming it."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; both are refused.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return _pixels(img, resize)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise AdvkitError(f"{path}: refused as a possible decompression bomb ({' '.join(str(exc).split())})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise AdvkitError(f"{path}: unreadable image ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _read_images(
+    class_dirs: list[Path], names: list[str], image_size: int | None = None, crop_fraction: float = 0.875
+) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """Every image under the class folders, labelled by its folder's index in ``names``.
+
+    Images are decoded (and resized, with ``image_size``) one at a time; only the
+    resulting arrays are kept.
+    """
     files: list[Path] = []
     labels: list[int] = []
     for class_dir in class_dirs:
@@ -225,63 +295,72 @@ def _read_images(class_dirs: list[Path], names: list[str]) -> tuple[np.ndarray, 
             raise AdvkitError(f"{class_dir}: class folder has no images")
         files += found
         labels += [names.index(class_dir.name)] * len(found)
-    images = []
+    resize = None
+    if image_size is not None:
+        resize = (image_size, resize_settings(image_size, crop_fraction)["resize_shorter_side"])
+    arrays: list[np.ndarray] = []
     for path in files:
-        try:
-            with warnings.catch_warnings():
-                # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; both are refused.
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
-                    img.load()
-                    images.append(img.copy())
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise AdvkitError(f"{path}: refused as a possible decompression bomb ({' '.join(str(exc).split())})") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise AdvkitError(f"{path}: unreadable image ({' '.join(str(exc).split())[:200]})") from None
-    gray = all(img.mode in GREY_MODES for img in images)
-    mode = "L" if gray else "RGB"
-    arrays = [_pixels(img, mode) for img in images]
-    shape = arrays[0].shape
-    for path, arr in zip(files, arrays):
-        if arr.shape != shape:
+        arr = _decode(path, resize)
+        if arrays and arr.shape[:2] != arrays[0].shape[:2]:
+            (h, w), (h0, w0) = arr.shape[:2], arrays[0].shape[:2]
             raise AdvkitError(
-                f"{path}: image size {arr.shape[1]}x{arr.shape[0]} differs from {shape[1]}x{shape[0]} of the others "
-                "(advkit does not resize: give images of one size)"
+                f"{path}: image size {w}x{h} differs from {w0}x{h0} of the others; pass --image-size S "
+                "(config: image_size) to resize and centre-crop every image to S x S"
             )
+        arrays.append(arr)
+    gray = all(arr.ndim == 2 for arr in arrays)
+    if not gray:  # one colour image: every image becomes RGB, the grey value in each channel
+        arrays = [np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr for arr in arrays]
     if any(arr.dtype != np.uint8 for arr in arrays):
         arrays = [arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr for arr in arrays]
     x = np.stack(arrays)
+    del arrays
     if not gray:
         x = x.transpose(0, 3, 1, 2)
     return x, np.array(labels, dtype=np.int64), files
 
 
-def load_image_folder(folder: Path, split: str, seed: int) -> Dataset:
+def load_image_folder(
+    folder: Path, split: str, seed: int, image_size: int | None = None, crop_fraction: float = 0.875
+) -> Dataset:
     """One sub-folder per class (sorted names), split by seed; or ``train/`` and ``val/`` each holding them.
 
-    All images must share one size (nothing is resized). Greyscale images load as one
-    channel when every image is greyscale, else as RGB with the grey value in each channel;
-    16-bit greyscale keeps its full range.
+    Without ``image_size`` nothing is resized and all images must share one size. With
+    it, every image is resized so its shorter side is ``round(image_size / crop_fraction)``
+    (Pillow bilinear, antialiased) and centre-cropped to ``image_size`` squared, the
+    torchvision/timm evaluation convention; ``Dataset.preprocessing`` records it.
+    Greyscale images load as one channel when every image is greyscale, else as RGB with
+    the grey value in each channel; 16-bit greyscale keeps its full range.
     """
+    preprocessing = resize_settings(image_size, crop_fraction) if image_size is not None else None
     layout = _split_dirs(folder)
     if layout is not None:
         names = sorted({d.name for part in layout for d in _class_dirs(part)})
         parts = {"train": [layout[0]], "test": [layout[1]], "all": list(layout)}.get(split)
         if parts is None:
             raise AdvkitError(f"--split must be train, test or all; got {split!r}")
-        read = [_read_images(_class_dirs(part), names) for part in parts]
+        read = [_read_images(_class_dirs(part), names, image_size, crop_fraction) for part in parts]
+        if len({r[0].shape[-2:] for r in read}) > 1:
+            (h, w), (h2, w2) = read[0][0].shape[-2:], read[1][0].shape[-2:]
+            raise AdvkitError(
+                f"{folder}: train images are {w}x{h}, val images {w2}x{h2}; pass --image-size S "
+                "(config: image_size) to resize and centre-crop every image to S x S"
+            )
         if len({r[0].shape[1:] for r in read}) > 1:
-            raise AdvkitError(f"{folder}: train and val images differ in size or channels")
+            raise AdvkitError(f"{folder}: train and val images differ in channels (one part is all greyscale)")
         if len({r[0].dtype for r in read}) > 1:  # one part 8-bit, the other 16-bit grey
             read = [(r[0].astype(np.float32) / 255.0 if r[0].dtype == np.uint8 else r[0], *r[1:]) for r in read]
         x = np.concatenate([r[0] for r in read])
         y = np.concatenate([r[1] for r in read])
         files = [f for r in read for f in r[2]]
-        return from_arrays(x, y, f"{folder.name}:{split}", names, files)
+        data = from_arrays(x, y, f"{folder.name}:{split}", names, files)
+        data.preprocessing = preprocessing
+        return data
     class_dirs = _class_dirs(folder)
     if not class_dirs:
         raise AdvkitError(f"{folder}: not a known dataset layout (no IDX, CIFAR or class sub-folders)")
     names = [d.name for d in class_dirs]
-    x, y, files = _read_images(class_dirs, names)
+    x, y, files = _read_images(class_dirs, names, image_size, crop_fraction)
     data = from_arrays(x, y, folder.name, names, files)
+    data.preprocessing = preprocessing
     return seeded_split(data, split, seed)
