@@ -78,6 +78,7 @@ def test_audit_writes_report_json_html_and_provenance(finished_run):
     assert report["schema"] == "advkit.audit" and report["schema_version"] == 1
     assert {m["id"] for m in report["models"]} == {"model", "train/adv-fast"}
     assert len(report["evasion"]) == 2 * 2 * 2  # attacks x eps x models
+    assert report["defaults_applied"] == []  # the config sets every budget
     assert all(r["n"] == 120 for r in report["evasion"])
     # each attack sweeps eps upwards: 0.3 attacks only the rows 0.1 left standing
     by_key = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
@@ -348,3 +349,18 @@ def test_resume_recomputes_when_the_model_file_changes(tmp_path, digits_model):
     save_model(changed, model_path)
     assert cli(["audit", config, "--out", run_dir, "--resume"]) == 0
     assert json.loads((run_dir / "report.json").read_text())["cached_steps"] == []
+
+
+def test_budgets_left_unset_follow_the_data():
+    from advkit.audit.config import AuditConfig, with_data_defaults
+
+    grey, applied = with_data_defaults(AuditConfig(), channels=1)
+    assert grey.evasion.eps == [0.05, 0.1, 0.2, 0.3] and grey.adversarial_training.eps == 0.2
+    assert [a["key"] for a in applied] == ["evasion.eps", "adversarial_training.eps"]
+    colour, applied = with_data_defaults(AuditConfig(), channels=3)
+    assert colour.evasion.eps == pytest.approx([1 / 255, 2 / 255, 4 / 255, 8 / 255]) and colour.adversarial_training.eps == pytest.approx(8 / 255)
+    assert "RobustBench" in applied[0]["because"] and "3-channel" in applied[0]["because"]
+    l2, _ = with_data_defaults(AuditConfig.model_validate({"evasion": {"norm": "l2"}}), channels=3)
+    assert l2.evasion.eps == [0.25, 0.5, 1.0] and l2.adversarial_training.eps == 0.5
+    given, applied = with_data_defaults(AuditConfig.model_validate({"evasion": {"eps": [0.3, 0.1]}, "adversarial_training": {"eps": 0.1}}), channels=3)
+    assert given.evasion.eps == [0.1, 0.3] and given.adversarial_training.eps == 0.1 and applied == []

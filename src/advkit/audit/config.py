@@ -31,7 +31,9 @@ class EvasionConfig(_Strict):
 
     attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd", "autoattack"])
     norm: Literal["linf", "l2"] = "linf"
-    eps: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3])
+    eps: list[float] | None = Field(
+        None, description="budgets; default from the data: greyscale 0.05-0.3, colour Linf 1/255-8/255 or L2 0.25-1.0 (RobustBench)"
+    )
     goal: Literal["untargeted", "targeted", "confidence"] = "untargeted"
     steps: int = Field(10, ge=1)
     restarts: int = Field(3, ge=1)
@@ -41,7 +43,9 @@ class EvasionConfig(_Strict):
 
     @field_validator("eps")
     @classmethod
-    def _eps(cls, values: list[float]) -> list[float]:
+    def _eps(cls, values: list[float] | None) -> list[float] | None:
+        if values is None:
+            return None
         if not values:
             raise ValueError("needs at least one budget")
         for value in values:
@@ -86,7 +90,7 @@ class AdversarialTrainingConfig(_Strict):
     """The evasion mitigation: train a hardened copy of the architecture."""
 
     defense: Literal["adv-pgd", "adv-fast", "trades"] = "adv-pgd"
-    eps: float = Field(0.2, gt=0)
+    eps: float | None = Field(None, gt=0, description="training budget; default from the data: greyscale 0.2, colour Linf 8/255 or L2 0.5")
     epochs: int = Field(20, ge=1)
 
 
@@ -134,6 +138,36 @@ class AuditConfig(_Strict):
     poisoning: list[PoisoningConfig] = Field(default_factory=lambda: [PoisoningConfig()])
     backdoor_defense: BackdoorDefenseConfig | None = Field(default_factory=BackdoorDefenseConfig)
     certification: CertificationConfig | None = Field(default_factory=CertificationConfig)
+
+
+GREY_EPS = [0.05, 0.1, 0.2, 0.3]  # the MNIST convention, either norm (as before these defaults followed the data)
+COLOUR_EPS = {"linf": [1 / 255, 2 / 255, 4 / 255, 8 / 255], "l2": [0.25, 0.5, 1.0]}  # RobustBench: CIFAR-10 8/255, ImageNet 4/255, L2 0.5
+GREY_TRAINING_EPS = 0.2
+COLOUR_TRAINING_EPS = {"linf": 8 / 255, "l2": 0.5}
+
+
+def with_data_defaults(config: AuditConfig, channels: int) -> tuple[AuditConfig, list[dict[str, Any]]]:
+    """The config with every budget left unset filled in for the data, and what was filled.
+
+    Greyscale images (one channel) keep the MNIST budgets; colour images get RobustBench's
+    (Croce et al., NeurIPS 2021 datasets track): Linf 1/255-8/255, L2 0.25-1.0, and
+    adversarial training at Linf 8/255 or L2 0.5. The report lists each default applied.
+    """
+    colour = channels >= 3
+    norm = config.evasion.norm
+    kind = f"{channels}-channel images, {norm}"
+    applied: list[dict[str, Any]] = []
+    evasion = config.evasion
+    if evasion.eps is None:
+        eps = COLOUR_EPS[norm] if colour else GREY_EPS
+        evasion = evasion.model_copy(update={"eps": list(eps)})
+        applied.append({"key": "evasion.eps", "value": list(eps), "because": f"{kind}: " + ("RobustBench budgets" if colour else "the MNIST convention")})
+    training = config.adversarial_training
+    if training is not None and training.eps is None:
+        value = COLOUR_TRAINING_EPS[norm] if colour else GREY_TRAINING_EPS
+        training = training.model_copy(update={"eps": value})
+        applied.append({"key": "adversarial_training.eps", "value": value, "because": f"{kind}: " + ("RobustBench's training budget" if colour else "the MNIST convention")})
+    return config.model_copy(update={"evasion": evasion, "adversarial_training": training}), applied
 
 
 def default_yaml() -> str:

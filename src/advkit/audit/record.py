@@ -21,6 +21,7 @@ class RunRecord:
     num_classes: int
     device: str
     executor: dict[str, Any]
+    defaults_applied: list[dict[str, Any]]
 
     @classmethod
     def of(cls, runner: AuditRunner, plan: list[Step]) -> RunRecord:
@@ -36,4 +37,5 @@ class RunRecord:
             num_classes=runner.model().num_classes,
             device=str(runner.model().device),
             executor={**runner.executor.describe(), **runner.run_stats.to_dict()},
+            defaults_applied=list(runner.defaults_applied),
         )

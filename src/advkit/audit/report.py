@@ -71,6 +71,7 @@ def build_report(run: RunRecord) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "advkit_version": __version__,
         "config": run.config,
+        "defaults_applied": run.defaults_applied,
         "environment": environment(run),
         "executor": run.executor,
         "provenance": results["provenance"],

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from advkit.audit.config import AuditConfig
+from advkit.audit.config import AuditConfig, with_data_defaults
 from advkit.audit.plan import Step, build_plan, closure, step_slug
 from advkit.audit.record import RunRecord
 from advkit.audit.steps import STEP_KINDS
@@ -45,6 +45,7 @@ class AuditRunner:
         from advkit.engine.local import LocalExecutor
 
         self.config = config
+        self.defaults_applied: list[dict[str, Any]] = []  # budgets the data chose (with_data_defaults)
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.progress = progress
@@ -122,6 +123,7 @@ class AuditRunner:
         if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.resume:
             raise AdvkitError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
         self.model()  # fail early on a bad model or data, before anything is written
+        self.config, self.defaults_applied = with_data_defaults(self.config, self.eval_data().input_shape[0])
         plan = self.plan()
         self._total = len(plan)
         self._check_plan(plan)
