@@ -108,34 +108,45 @@ class ModelView:
         if rows is None:
             rows = torch.arange(m, device=self.device)
         else:
-            rows = rows.to(self.device, torch.long).reshape(-1)
+            if rows.device != self.device or rows.dtype != torch.long:
+                rows = rows.to(self.device, torch.long)
+            if rows.dim() != 1:
+                rows = rows.reshape(-1)
             if rows.numel() != m:
                 raise AdvkitError(f"a query names {rows.numel()} rows for {m} points; give one row per point")
-            if m and int(rows.min()) < 0:
-                raise AdvkitError("query rows must be >= 0")
+        asked = None
+        if self.row_queries is not None and m:
+            try:  # bincount refuses negative rows; its length says the largest row
+                asked = torch.bincount(rows, minlength=self.row_queries.numel())
+            except RuntimeError:
+                if int(rows.min()) < 0:
+                    raise AdvkitError("query rows must be >= 0") from None
+                raise
+        elif m and rows.numel() and int(rows.min()) < 0:
+            raise AdvkitError("query rows must be >= 0")
         total = self.total_left()
         if total is not None and m > total:
             raise QueryBudgetExceeded(
                 f"query budget spent: this view may make {self.max_total} queries in all, has made {self.queries} and was asked for {m} more"
             )
-        if self.row_queries is not None and m:
-            top = int(rows.max()) + 1
+        if asked is not None:
+            assert self.row_queries is not None
+            top = asked.numel()
             if top > self.row_queries.numel():
                 if self._fixed_rows:
                     raise AdvkitError(f"query names row {top - 1} but this view counts {self.row_queries.numel()} rows")
                 grown = torch.zeros(top, dtype=torch.long, device=self.device)
                 grown[: self.row_queries.numel()] = self.row_queries
                 self.row_queries = grown
-            asked = torch.bincount(rows, minlength=self.row_queries.numel())
-            if self.max_queries is not None:
-                over = self.row_queries + asked > self.max_queries
-                if bool(over.any()):
-                    row = int(over.nonzero()[0])
-                    raise QueryBudgetExceeded(
-                        f"query budget spent: row {row} has made {int(self.row_queries[row])} of its "
-                        f"{self.max_queries} queries and was asked for {int(asked[row])} more"
-                    )
             self.row_queries += asked
+            if self.max_queries is not None and int(self.row_queries.max()) > self.max_queries:
+                self.row_queries -= asked  # refused: the call costs nothing
+                over = self.row_queries + asked > self.max_queries
+                row = int(over.nonzero()[0])
+                raise QueryBudgetExceeded(
+                    f"query budget spent: row {row} has made {int(self.row_queries[row])} of its "
+                    f"{self.max_queries} queries and was asked for {int(asked[row])} more"
+                )
         self.queries += m
         return rows
 
@@ -159,7 +170,8 @@ class ModelView:
         rows = self._charge(x, rows)
         with torch.inference_mode():
             out = self._handle.logits(x)
-            self._observe(x, out, rows)
+            if self._observer is not None:
+                self._observer(x.detach() if x.requires_grad else x, out, rows)
             return torch.softmax(out, dim=1)
 
     def labels(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -167,7 +179,8 @@ class ModelView:
         rows = self._charge(x, rows)
         with torch.inference_mode():
             out = self._handle.logits(x)
-            self._observe(x, out, rows)
+            if self._observer is not None:
+                self._observer(x.detach() if x.requires_grad else x, out, rows)
             return out.argmax(1)
 
     def _require(self, level: Knowledge, what: str) -> None:

@@ -29,12 +29,37 @@ _GOLDEN = 0x9E3779B9
 Tag = int | str | tuple[int | str, ...]
 
 
-def mix32(h: Tensor) -> Tensor:
-    """``lowbias32`` on int64 values in ``[0, 2^32)``, in place; returns ``h``."""
-    h.bitwise_and_(MASK)
+def mix32(h: Tensor, masked: bool = False) -> Tensor:
+    """``lowbias32`` on int64 values in ``[0, 2^32)``, in place; returns ``h``.
+
+    ``masked``: ``h`` already lies in ``[0, 2^32)`` (the first masking is skipped).
+    """
+    if not masked:
+        h.bitwise_and_(MASK)
     h.bitwise_xor_(h >> 16).mul_(_M1).bitwise_and_(MASK)
     h.bitwise_xor_(h >> 15).mul_(_M2).bitwise_and_(MASK)
     return h.bitwise_xor_(h >> 15)
+
+
+def mix32_int(h: int) -> int:
+    """:func:`mix32` of one Python integer (the same value: no product overflows 64 bits)."""
+    h &= MASK
+    h = ((h ^ (h >> 16)) * _M1) & MASK
+    h = ((h ^ (h >> 15)) * _M2) & MASK
+    return h ^ (h >> 15)
+
+
+_COUNTERS: dict[int, Tensor] = {}
+
+
+def _counters(count: int) -> Tensor:
+    """``j * GOLDEN mod 2^32`` for ``j < count`` (cached; never modified)."""
+    h = _COUNTERS.get(count)
+    if h is None:
+        h = torch.arange(count, dtype=torch.long).mul_(_GOLDEN).bitwise_and_(MASK)
+        if count <= 4096:
+            _COUNTERS[count] = h
+    return h
 
 
 def tag_code(tag: Tag) -> int:
@@ -79,18 +104,38 @@ class RowRandom:
         count = math.prod(shape)
         code = tag_code(tag)
         if shared:
-            base = mix32(torch.tensor([self.key ^ code], dtype=torch.long))
+            if count <= 64:
+                return torch.tensor(self.shared_bits(tag, count), dtype=torch.long).view(tuple(shape))
+            base = torch.tensor([mix32_int(self.key ^ code)], dtype=torch.long)
         else:
-            base = mix32(self._row_keys.bitwise_xor(code))
-        h = torch.arange(count, dtype=torch.long).mul_(_GOLDEN).bitwise_and_(MASK)
-        h = mix32(h.unsqueeze(0).add(base.unsqueeze(1)))
+            base = mix32(self._row_keys.bitwise_xor(code), masked=True)  # both operands lie in [0, 2^32)
+        h = mix32(base.unsqueeze(1).add(_counters(count)))
         out_shape = tuple(shape) if shared else (len(self), *shape)
         return h.view(out_shape)
+
+    def shared_bits(self, tag: Tag, count: int) -> list[int]:
+        """``bits(tag, (count,), shared=True)`` as Python integers, computed without tensors."""
+        base = mix32_int(self.key ^ tag_code(tag))
+        return [mix32_int(base + ((j * _GOLDEN) & MASK)) for j in range(count)]
+
+    def bits_block(self, tags: Sequence[Tag], shape: Sequence[int] = ()) -> Tensor:
+        """``bits(tag, shape)`` of several tags at once: shape ``(rows, len(tags), *shape)``,
+        ``out[:, t]`` equal to ``bits(tags[t], shape)``."""
+        count = math.prod(shape)
+        codes = torch.tensor([tag_code(tag) for tag in tags], dtype=torch.long)
+        base = mix32(self._row_keys.unsqueeze(1).bitwise_xor(codes), masked=True)  # [rows, tags]
+        h = mix32(base.unsqueeze(2).add(_counters(count)))
+        return h.view(len(self), len(tags), *shape)
+
+    def signs_block(self, tags: Sequence[Tag], shape: Sequence[int] = ()) -> Tensor:
+        """``signs(tag, shape)`` of several tags at once, like :meth:`bits_block`."""
+        bits = self.bits_block(tags, shape)
+        return bits.bitwise_right_shift_(31).mul_(2).sub_(1).to(torch.float32).to(self.device)
 
     def uniform(self, tag: Tag, shape: Sequence[int] = (), *, shared: bool = False) -> Tensor:
         """Uniform float32 in ``[0, 1)`` (24 bits)."""
         bits = self.bits(tag, shape, shared)
-        return (bits >> 8).to(torch.float32).mul_(2.0**-24).to(self.device)
+        return bits.bitwise_right_shift_(8).to(torch.float32).mul_(2.0**-24).to(self.device)
 
     def normal(self, tag: Tag, shape: Sequence[int] = (), *, shared: bool = False) -> Tensor:
         """Standard normal float32 by the Box-Muller transform of two uniform draws."""
@@ -109,4 +154,4 @@ class RowRandom:
     def signs(self, tag: Tag, shape: Sequence[int] = (), *, shared: bool = False) -> Tensor:
         """Random +1/-1 as float32."""
         bits = self.bits(tag, shape, shared)
-        return ((bits >> 31) * 2 - 1).to(torch.float32).to(self.device)
+        return bits.bitwise_right_shift_(31).mul_(2).sub_(1).to(torch.float32).to(self.device)

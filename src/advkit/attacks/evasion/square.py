@@ -19,6 +19,7 @@ start costs one).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -31,6 +32,9 @@ from advkit.attacks.evasion.steps import margin
 from advkit.core import ModelView, Threat
 from advkit.errors import AdvkitError
 from advkit.registry import register
+
+
+_SIGN_BLOCK = 64  # iterations whose per-row signs are drawn at once
 
 
 def _schedule(p_init: float, iteration: int, iterations: int) -> float:
@@ -68,6 +72,12 @@ def pseudo_gaussian_window(side: int, transpose: bool) -> Tensor:
     if transpose:
         delta = delta.T
     return delta
+
+
+@functools.lru_cache(maxsize=64)
+def _window_pattern(side: int, transpose: bool) -> Tensor:
+    """:func:`pseudo_gaussian_window`, cached (shared: never modify it in place)."""
+    return pseudo_gaussian_window(side, transpose)
 
 
 @register(
@@ -130,7 +140,8 @@ class SquareAttack(EvasionAttack):
         first = everyone[model.budget_left(everyone) >= 1]
         if first.numel() == 0:
             return x_best
-        if threat.norm == "linf":
+        linf = threat.norm == "linf"
+        if linf:
             start = (x + eps * _random_signs(random, "start", (c, 1, w), x)).clamp(lo, hi)
         else:
             start = (x + self._l2_start(x, eps, random)).clamp(lo, hi)
@@ -143,35 +154,76 @@ class SquareAttack(EvasionAttack):
         started[first] = True
         iterations = self.max_queries
         budget = model.budget_left(everyone)  # a standing row queries once per iteration: i queries made before iteration i
+        # The rows still querying (``active``: open and with budget left) change only when a
+        # row succeeds or reaches its budget; between such changes their state is kept
+        # compact (``xa``, ``xb``, ``la``: their x, x_best and loss) and written back on each
+        # change. The per-row signs of ``_SIGN_BLOCK`` iterations are drawn at once (the
+        # same numbers as one draw per iteration: each is keyed by row and iteration).
+        active: Tensor | None = None
+        xa = xb = la = label = signs = None
+        rnd = random
+        next_drop = 0
+        signs_from = signs_to = 1
+        changed = True
         for i in range(1, iterations):
-            open_rows = (~done & started).nonzero().squeeze(1)
-            active = open_rows[budget[open_rows] > i]
-            if active.numel() == 0:
-                break
-            xa, xb_ = x[active], x_best[active]
+            if changed or i >= next_drop:
+                if active is not None:
+                    x_best[active] = xb
+                    loss[active] = la.view(-1)
+                open_rows = (~done & started).nonzero().squeeze(1)
+                kept = open_rows[budget[open_rows] > i]
+                if kept.numel() == 0:
+                    active = None
+                    break
+                if signs is not None and active is not None and i < signs_to:
+                    signs = signs[torch.searchsorted(active, kept)]  # kept is a sorted subset of active
+                active, changed = kept, False
+                xa, xb, la = x[active], x_best[active], loss[active].unsqueeze(1)
+                label = (target if target is not None else y)[active].unsqueeze(1)
+                rnd = random[active]
+                next_drop = int(budget[active].min())
+            if i >= signs_to:  # this iteration's block of sign draws
+                signs_from, signs_to = i, min(i + _SIGN_BLOCK, iterations)
+                signs = rnd.signs_block([("signs", j) for j in range(signs_from, signs_to)], (c, 1, 1)).to(x)
+                if linf:
+                    signs.mul_(eps)
+            step_signs = signs[:, i - signs_from]
             p = _schedule(self.p_init, i - 1, iterations)
-            if threat.norm == "linf":
+            if linf:
                 side = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1 if h > 1 else 1)
-                candidate = self._linf_step(xa, xb_, eps, side, random[active], i, lo, hi)
+                top, left = self._window(h, w, side, rnd, ("window", i))
+                candidate, new, window = self._linf_candidate(xa, xb, step_signs, top, left, side, lo, hi, rnd, i, eps)
             else:
                 side = max(int(round(math.sqrt(p * h * w))), 3)
                 side += 1 - side % 2
                 side = min(side, h - 1 if h > 1 else 1)
-                candidate = self._l2_step(xa, xb_, eps, side, random[active], i).clamp(lo, hi)
+                candidate = self._l2_candidate(xa, xb, eps, side, rnd, i, step_signs).clamp_(lo, hi)
             cand_probs = model.probs(candidate, rows=active)
-            sub_y, sub_target = y[active], None if target is None else target[active]
-            cand_loss = self._loss(cand_probs, sub_y, sub_target)
-            better = cand_loss < loss[active]
-            improved = active[better]
-            x_best[improved] = candidate[better]
-            loss[improved] = cand_loss[better]
-            done[active] = done[active] | (better & self._success(cand_probs, sub_y, sub_target))
+            logp = cand_probs.clamp_min(1e-30).log_()
+            if target is not None:  # cross-entropy of the target
+                cand_loss = logp.gather(1, label).neg_()
+                success = cand_probs.argmax(1, keepdim=True) == label
+            else:  # the margin: log p_y - max_{k != y} log p_k
+                cand_loss = logp.gather(1, label) - logp.scatter(1, label, float("-inf")).amax(1, keepdim=True)
+                success = cand_probs.argmax(1, keepdim=True) != label
+            better = cand_loss < la
+            torch.where(better, cand_loss, la, out=la)
+            if linf:  # the candidate is x_best but for its window (``window``, a view of xb)
+                torch.where(better.view(-1, 1, 1, 1), new, window, out=window)
+            else:
+                xb = torch.where(better.view(-1, 1, 1, 1), candidate, xb)
+            won = better.logical_and_(success).view(-1)
+            if bool(won.any()):
+                done[active[won]] = True
+                changed = True
+        if active is not None:
+            x_best[active] = xb
         return x_best
 
     @staticmethod
     def _window(h: int, w: int, side: int, random: RowRandom, tag: Tag) -> tuple[int, int]:
         """One window for every row (the reference's L2 step), drawn from the iteration's shared stream."""
-        top, left = random.randint(tag, 0, 1 << 30, (2,), shared=True).tolist()
+        top, left = (bits % (1 << 30) for bits in random.shared_bits(tag, 2))  # randint(tag, 0, 2^30, (2,), shared=True)
         return top % (h - side + 1), left % (w - side + 1)
 
     def _linf_step(self, x: Tensor, x_best: Tensor, eps: float, side: int, random: RowRandom, i: int, lo: float, hi: float) -> Tensor:
@@ -187,14 +239,26 @@ class SquareAttack(EvasionAttack):
         """
         n, c, h, w = x.shape
         top, left = self._window(h, w, side, random, ("window", i))
+        step = eps * _random_signs(random, ("signs", i), (c, 1, 1), x)
+        return self._linf_candidate(x, x_best, step, top, left, side, lo, hi, random, i, eps)[0]
+
+    @staticmethod
+    def _linf_candidate(
+        x: Tensor, x_best: Tensor, step: Tensor, top: int, left: int, side: int, lo: float, hi: float, random: RowRandom, i: int, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_linf_step` with its window and its ``eps * signs`` (``step``) drawn: the
+        candidate, its window (a view of the candidate) and that window of ``x_best`` (a view)."""
+        c = x.shape[1]
         region = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
-        signs = _random_signs(random, ("signs", i), (c, 1, 1), x)
         inside, best = x[region], x_best[region]
-        new = (inside + eps * signs).clamp_(lo, hi)
-        redraw = ((new - best).abs().flatten(1).amax(1) < 1e-7).nonzero().squeeze(1)
-        if redraw.numel() and c == 1:
-            new[redraw] = (inside[redraw] - eps * signs[redraw]).clamp_(lo, hi)
-            redraw = redraw[:0]
+        candidate = x_best.clone()
+        new = candidate[region]
+        torch.add(inside, step, out=new).clamp_(lo, hi)
+        unchanged = (new - best).abs_().flatten(1).amax(1) < 1e-7
+        if c == 1:  # the other sign: it changes the window (see _linf_step)
+            torch.where(unchanged.view(-1, 1, 1, 1), (inside - step).clamp_(lo, hi), new, out=new)
+            return candidate, new, best
+        redraw = unchanged.nonzero().squeeze(1)
         for attempt in range(100):  # the reference redraws until something changes; this bounds it
             if redraw.numel() == 0:
                 break
@@ -202,9 +266,7 @@ class SquareAttack(EvasionAttack):
             fresh = (inside[redraw] + eps * fresh_signs).clamp_(lo, hi)
             new[redraw] = fresh
             redraw = redraw[(fresh - best[redraw]).abs().flatten(1).amax(1) < 1e-7]
-        candidate = x_best.clone()
-        candidate[region] = new
-        return candidate
+        return candidate, new, best
 
     def _l2_start(self, x: Tensor, eps: float, random: RowRandom) -> Tensor:
         """Pseudo-Gaussian blocks of side h // 5 tiled over the image, random signs, norm eps."""
@@ -223,6 +285,11 @@ class SquareAttack(EvasionAttack):
 
     def _l2_step(self, x: Tensor, x_best: Tensor, eps: float, side: int, random: RowRandom, i: int) -> Tensor:
         """Move the mass of window 2 and window 1 into a fresh pseudo-Gaussian window 1."""
+        signs = _random_signs(random, ("signs", i), (x.shape[1], 1, 1), x)
+        return self._l2_candidate(x, x_best, eps, side, random, i, signs)
+
+    def _l2_candidate(self, x: Tensor, x_best: Tensor, eps: float, side: int, random: RowRandom, i: int, signs: Tensor) -> Tensor:
+        """:meth:`_l2_step` with the iteration's per-row ``signs`` drawn."""
         n, c, h, w = x.shape
         delta = x_best - x
         top, left = self._window(h, w, side, random, ("window-1", i))
@@ -236,9 +303,8 @@ class SquareAttack(EvasionAttack):
         both[win1] = 1
         both[win2] = 1
         norm_windows = (delta * both).flatten(2).norm(dim=2).view(n, c, 1, 1)
-        signs = _random_signs(random, ("signs", i), (c, 1, 1), x)
-        flip = bool(random.uniform(("flip", i), shared=True) > 0.5)
-        new = pseudo_gaussian_window(side, flip).to(x).expand(n, c, side, side) * signs + old / (1e-10 + norm_old)
+        flip = random.shared_bits(("flip", i), 1)[0] >> 8 > 1 << 23  # uniform(("flip", i), shared=True) > 0.5
+        new = _window_pattern(side, flip).to(x).expand(n, c, side, side) * signs + old / (1e-10 + norm_old)
         budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
         new = new / new.flatten(2).norm(dim=2).view(n, c, 1, 1).clamp_min(1e-12) * budget
         delta[win2] = 0

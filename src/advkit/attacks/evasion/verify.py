@@ -63,6 +63,7 @@ class QueryLog:
         self.x, self.y, self.target, self.threat = x, y, target, threat
         gen = torch.Generator().manual_seed(0x5EED)
         self._key = torch.randint(1, 4096, (x[0].numel(),), generator=gen, dtype=torch.long).to(x.device)
+        self._offsets: dict[tuple[int, int], int] = {}
         self._rows: list[Tensor] = []
         self._prints: list[Tensor] = []
         self.best = x.clone()
@@ -70,17 +71,38 @@ class QueryLog:
 
     def fingerprint(self, points: Tensor) -> Tensor:
         """An exact per-point hash of the float32 bits: equal points, equal hashes."""
-        flat = points.detach().to(self.x.device, torch.float32).contiguous().view(points.shape[0], -1)
+        flat = points.detach() if points.requires_grad else points
+        if flat.device != self.x.device or flat.dtype != torch.float32:
+            flat = flat.to(self.x.device, torch.float32)
+        flat = flat.reshape(points.shape[0], -1)  # a view when it can be
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+        cols = flat.shape[1]
+        if flat.shape[0] * cols <= 2**22 and cols <= 2**18:  # one chunk, one column block
+            return self._column_hash(flat.view(torch.int32), 0).remainder_(_HASH_PRIME)
         out = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
-        rows_per_chunk = max(1, 2**22 // max(flat.shape[1], 1))
+        rows_per_chunk = max(1, 2**22 // max(cols, 1))
         for first in range(0, flat.shape[0], rows_per_chunk):
-            bits = flat[first : first + rows_per_chunk].view(torch.int32).to(torch.long) + 2**31  # in [0, 2^32)
+            bits = flat[first : first + rows_per_chunk].view(torch.int32)
             acc = torch.zeros(bits.shape[0], dtype=torch.long, device=flat.device)
-            for col in range(0, bits.shape[1], 2**18):  # 2^18 terms of < 2^44 each stay below 2^62
-                part = (bits[:, col : col + 2**18] * self._key[col : col + 2**18]).sum(1)
+            for col in range(0, cols, 2**18):  # 2^18 terms of < 2^44 each stay below 2^62
+                part = self._column_hash(bits[:, col : col + 2**18], col)
                 acc = (acc + part % _HASH_PRIME) % _HASH_PRIME
             out[first : first + rows_per_chunk] = acc
         return out
+
+    def _column_hash(self, bits: Tensor, col: int) -> Tensor:
+        """``sum_j (bits_j + 2^31) * key_{col + j}`` per row, exactly (int32 ``bits``, int64 out).
+
+        The offset's share, ``2^31 * sum_j key_j``, is added once: every partial sum of the
+        signed products stays below 2^61 in size, so the integer result is the same.
+        """
+        width = bits.shape[1]
+        key = self._key[col : col + width]
+        offset = self._offsets.get((col, width))
+        if offset is None:
+            offset = self._offsets[(col, width)] = int(key.sum()) * 2**31
+        return torch.mul(bits, key).sum(1).add_(offset)  # int32 * int64 promotes to int64 exactly
 
     def inside(self, points: Tensor, x: Tensor) -> Tensor:
         """Per point: does the threat's projection leave it where it is (up to float noise)?"""
@@ -89,14 +111,17 @@ class QueryLog:
         return (project(points, x, self.threat) - points).abs().flatten(1).amax(1) <= 1e-6 * (hi - lo)
 
     def __call__(self, points: Tensor, logits: Tensor, rows: Tensor) -> None:
-        rows = rows.to(self.x.device)
+        # a copy of the rows: an attack changing its index tensor later cannot move its queries
+        rows = rows.to(self.x.device, copy=True)
         self._rows.append(rows)
         self._prints.append(self.fingerprint(points))
         target = None if self.target is None else self.target[rows]
-        reached = goal_reached(logits.to(self.x.device), self.y[rows], target, self.threat)
-        idx = reached.nonzero().squeeze(1)
-        if idx.numel() == 0:
+        if logits.device != self.x.device:
+            logits = logits.to(self.x.device)
+        reached = goal_reached(logits, self.y[rows], target, self.threat)
+        if not bool(reached.any()):
             return
+        idx = reached.nonzero().squeeze(1)
         p, r = points[idx].to(self.x.device, self.x.dtype), rows[idx]
         origin = self.x[r]
         norms = perturbation_norms(p - origin, self.threat.norm).float()
