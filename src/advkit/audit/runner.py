@@ -248,6 +248,9 @@ class AuditRunner:
         remote = self.executor.remote
         needed = closure(plan, step.id)
         names = sorted({name for d in needed for name in artifact_names(self.results[d], inputs_only=True)}) if remote else []
+        carried = step.inputs.get("carry_from") if step.kind == "evasion" else None
+        if remote and carried:  # the rows the smaller eps broke: read by this step only
+            names.append(self.results[carried]["adversarial"])
         task = StepTask(
             step=step,
             shard=shard,
@@ -307,7 +310,8 @@ class AuditRunner:
 
 def artifact_names(result: dict[str, Any], *, inputs_only: bool = False) -> list[str]:
     """The run-relative files a step result names: models, triggers and (unless
-    ``inputs_only``: what later steps read) the example images only the report shows."""
+    ``inputs_only``: what every later step may read) the example images the report shows
+    and the adversarial rows a sweep's next budget reads (shipped to that step alone)."""
     nested = [result["record"]] if isinstance(result.get("record"), dict) else []
-    keys = ("artifact", "triggers", "adversarial") if inputs_only else ("artifact", "examples", "triggers", "adversarial")
+    keys = ("artifact", "triggers") if inputs_only else ("artifact", "examples", "triggers", "adversarial")
     return [r[k] for r in [result, *nested] for k in keys if isinstance(r.get(k), str)]
