@@ -36,7 +36,7 @@ CONFIG = {
     "backdoor_defense": {"mitigations": []},
     "certification": {"n0": 100, "n": 5000, "limit": 200, "training": None},
 }
-VARYING = ("timings", "environment", "executor", "cached_steps")
+VARYING = ("timings", "environment", "executor", "cached_steps", "plan", "floor")
 
 
 def run_audit(executor, root: Path, name: str) -> tuple[dict, float]:  # noqa: ANN001

@@ -44,7 +44,7 @@ certification:
   training: gaussian
   epochs: 3
 """
-VOLATILE = ("timings", "cached_steps", "environment", "executor")
+VOLATILE = ("timings", "cached_steps", "environment", "executor", "plan", "floor")
 
 
 def numbers(report: dict) -> dict:
@@ -79,6 +79,9 @@ def test_audit_writes_report_json_html_and_provenance(finished_run):
     assert {m["id"] for m in report["models"]} == {"model", "train/adv-fast"}
     assert len(report["evasion"]) == 2 * 2 * 2  # attacks x eps x models
     assert report["defaults_applied"] == []  # the config sets every budget
+    assert [p["step"] for p in report["plan"]] == list(report["timings"]) and report["floor"]["forward_backward_per_row"] > 0
+    estimated = {p["step"]: p["estimated_seconds"] for p in report["plan"]}
+    assert estimated["train/adv-fast"] > estimated["evasion/model/fgsm@0.1"] > 0
     assert all(r["n"] == 120 for r in report["evasion"])
     # each attack sweeps eps upwards: 0.3 attacks only the rows 0.1 left standing
     by_key = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
@@ -364,3 +367,11 @@ def test_budgets_left_unset_follow_the_data():
     assert l2.evasion.eps == [0.25, 0.5, 1.0] and l2.adversarial_training.eps == 0.5
     given, applied = with_data_defaults(AuditConfig.model_validate({"evasion": {"eps": [0.3, 0.1]}, "adversarial_training": {"eps": 0.1}}), channels=3)
     assert given.evasion.eps == [0.1, 0.3] and given.adversarial_training.eps == 0.1 and applied == []
+
+
+def test_estimate_prints_the_plan_and_writes_nothing(config_file, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli(["audit", config_file, "--out", out, "--estimate"]) == 0
+    printed = capsys.readouterr().out
+    assert "train/adv-fast" in printed and "total" in printed and "ms per row forward+backward" in printed
+    assert not out.exists()

@@ -22,6 +22,8 @@ class RunRecord:
     device: str
     executor: dict[str, Any]
     defaults_applied: list[dict[str, Any]]
+    estimates: list[dict[str, Any]]
+    floor: dict[str, float] | None
 
     @classmethod
     def of(cls, runner: AuditRunner, plan: list[Step]) -> RunRecord:
@@ -38,4 +40,6 @@ class RunRecord:
             device=str(runner.model().device),
             executor={**runner.executor.describe(), **runner.run_stats.to_dict()},
             defaults_applied=list(runner.defaults_applied),
+            estimates=list(runner.estimates),
+            floor=runner.floor.to_dict() if runner.floor is not None else None,
         )

@@ -86,6 +86,8 @@ def build_report(run: RunRecord) -> dict[str, Any]:
         },
         "certification": certification,
         "timings": {step.id: run.timings[step.id] for step in plan},
+        "plan": run.estimates,  # [{step, kind, estimated_seconds}]: the cost estimate made before the run
+        "floor": run.floor,
         "cached_steps": list(run.cached),
     }
     report["findings"] = findings(report)

@@ -46,6 +46,8 @@ class AuditRunner:
 
         self.config = config
         self.defaults_applied: list[dict[str, Any]] = []  # budgets the data chose (with_data_defaults)
+        self.estimates: list[dict[str, Any]] = []  # [{step, kind, estimated_seconds}] before the run
+        self.floor: Any = None
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.progress = progress
@@ -122,11 +124,10 @@ class AuditRunner:
 
         if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.resume:
             raise AdvkitError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        self.model()  # fail early on a bad model or data, before anything is written
-        self.config, self.defaults_applied = with_data_defaults(self.config, self.eval_data().input_shape[0])
-        plan = self.plan()
+        plan = self.checked_plan()
         self._total = len(plan)
-        self._check_plan(plan)
+        self.estimates = self.estimate(plan)
+        self.notify(f"estimated at most {sum(e['estimated_seconds'] for e in self.estimates):.0f}s for {len(plan)} steps (advkit audit --estimate)")
         (self.run_dir / "steps").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "artifacts").mkdir(exist_ok=True)
         write_json(self.run_dir / "config.json", self.config.model_dump(mode="json"))
@@ -143,6 +144,23 @@ class AuditRunner:
         write_json(self.run_dir / "report.json", report)
         write_manifest(self.run_dir / "provenance.json", self.results["provenance"])
         return report
+
+    def checked_plan(self) -> list[Step]:
+        """The plan for the data (budgets from :func:`with_data_defaults`), checked before any step runs."""
+        self.model()  # fail early on a bad model or data, before anything is written
+        self.config, self.defaults_applied = with_data_defaults(self.config, self.eval_data().input_shape[0])
+        plan = self.plan()
+        self._check_plan(plan)
+        return plan
+
+    def estimate(self, plan: list[Step]) -> list[dict[str, Any]]:
+        """Every step's cost from one timed forward+backward batch (:mod:`advkit.audit.estimate`)."""
+        from advkit.audit.estimate import estimate_plan, measure_floor
+
+        model = self.model()
+        self.floor = measure_floor(model, self.eval_data().x)
+        train_rows = len(self.train_data()) if any(STEP_KINDS[s.kind].needs_train for s in plan) else 0
+        return estimate_plan(plan, self.config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
 
     def _check_plan(self, plan: list[Step]) -> None:
         """Sections that retrain need an architecture: say so before the first step runs."""

@@ -32,6 +32,7 @@ def audit(
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="print the default config and exit")] = False,
+    estimate: Annotated[bool, typer.Option("--estimate", help="time one forward+backward batch, print every step's estimated cost and exit")] = False,
 ) -> None:
     """Attack, mitigate, attack again; write report.json and report.html in the run directory."""
     from advkit.audit.config import default_yaml, load_config
@@ -44,6 +45,9 @@ def audit(
         return
     check_executor_options(executor, address, workers, threads)
     cfg = load_config(config)
+    if estimate:
+        _print_estimate(AuditRunner(cfg, out_dir))
+        return
     writable(out_dir, "--out", directory=True)
     with make_executor(executor, address=address, workers=workers, threads=threads) as engine:
         runner = AuditRunner(
@@ -53,6 +57,21 @@ def audit(
     html = write_views(out_dir, report, ("html",))[0]
     _print_audit_summary(report)
     out.print(f"report: {html}")
+
+
+def _print_estimate(runner: Any) -> None:
+    """The plan with each step's estimated seconds (upper bounds), written nowhere."""
+    plan = runner.checked_plan()
+    rows = runner.estimate(plan)
+    table = Table(title="advkit audit --estimate (upper bounds: attacks retire rows, Neural Cleanse stops early)")
+    for column in ("step", "kind", "estimated seconds"):
+        table.add_column(column, justify="right" if column == "estimated seconds" else "left")
+    for row in rows:
+        table.add_row(row["step"], row["kind"], f"{row['estimated_seconds']:.1f}")
+    table.add_row("total", "", f"{sum(r['estimated_seconds'] for r in rows):.1f}")
+    out.print(table)
+    floor = runner.floor.to_dict()
+    out.print(f"floor: {floor['forward_backward_per_row'] * 1e3:.3f} ms per row forward+backward, {floor['forward_per_row'] * 1e3:.3f} ms forward")
 
 
 def _print_audit_summary(report: dict[str, Any]) -> None:

@@ -1,0 +1,141 @@
+"""What each audit step will cost, from one timed forward+backward batch of the model.
+
+Before the first step the runner times the model's floor on the evaluation rows: seconds
+per row of one forward+backward pass (the input gradient, what an attack step costs) and
+of one forward pass (a query, a CERTIFY sample). Each step kind counts its work in those
+two units:
+
+- attacks: rows x steps x restarts passes (APGD-T and FAB-T x 9 target classes, FAB x 2
+  for its boundary gradients), black-box attacks rows x their query budget;
+- Neural Cleanse: epochs x classes x rows passes; training: epochs x training rows x
+  (attack steps + 1) passes, x 1.5 for the parameter gradients;
+- CERTIFY: (n0 + n) x rows forward passes.
+
+These are upper bounds where work stops early (attacks retire rows that fall, Neural
+Cleanse stops classes that converge), so a run usually beats its estimate; the report
+keeps both (``plan`` next to ``timings``). ``advkit audit CFG --estimate`` prints them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from advkit.audit.config import AuditConfig
+from advkit.audit.plan import Step
+from advkit.core import ModelHandle
+
+TARGETS = 9  # APGD-T and FAB-T target classes
+TRAIN_FACTOR = 1.5  # a training pass also computes the parameter gradients
+NC_ROWS = 1.0  # Neural Cleanse stamps every row for every class each epoch
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Seconds per row of one forward+backward (input gradient) and of one forward pass."""
+
+    backward: float
+    forward: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"forward_backward_per_row": self.backward, "forward_per_row": self.forward}
+
+
+def measure_floor(model: ModelHandle, x: torch.Tensor, batch: int = 64, repeats: int = 3) -> Floor:
+    """Time one batch of ``x`` through ``model``: the best of ``repeats`` after a warm-up."""
+    xb = model.to_device(x[:batch])
+    yb = torch.zeros(xb.shape[0], dtype=torch.long, device=xb.device)
+
+    def backward() -> None:
+        x_in = xb.clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model.logits(x_in), yb, reduction="sum"), x_in)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model.logits(xb)
+
+    def best(fn: Any) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times) / max(xb.shape[0], 1)
+
+    with model.eval_mode():
+        return Floor(best(backward), best(forward))
+
+
+def _attack_units(name: str, rows: int, config: AuditConfig) -> tuple[float, float]:
+    """(forward+backward rows, forward rows) of one attack on ``rows`` rows."""
+    from advkit.registry import lookup
+
+    ev = config.evasion
+    steps, restarts, queries = ev.steps, ev.restarts, ev.max_queries
+    if name == "fgsm":
+        return rows, rows
+    if name in ("pgd", "bim", "illc"):
+        return rows * steps * (restarts if name == "pgd" else 1), rows
+    if name in ("apgd-ce", "apgd-dlr"):
+        return rows * steps, rows
+    if name == "apgd-t":
+        return rows * steps * TARGETS, rows
+    if name == "fab":
+        return rows * steps * 2, rows
+    if name == "autoattack":  # APGD-CE, APGD-T, FAB-T, Square on every row (an upper bound)
+        return rows * steps * (1 + TARGETS + 2 * TARGETS), rows * (queries + 2)
+    if lookup(name, "evasion").knowledge != "white":
+        return 0.0, rows * (queries + 2)
+    return rows * steps, rows
+
+
+def step_units(step: Step, config: AuditConfig, eval_rows: int, train_rows: int, classes: int, arch: str = "") -> tuple[float, float]:
+    """(forward+backward rows, forward rows) a step will spend, at most (``arch``: the audited model's)."""
+    attack_rows = min(eval_rows, config.evasion.limit or eval_rows)
+    kind = step.kind
+    if kind == "provenance":
+        return 2 * min(eval_rows, 256), 2 * eval_rows
+    if kind == "evasion":
+        return _attack_units(step.inputs["attack"], attack_rows, config)
+    if kind == "gradient-masking":
+        return 2 * min(attack_rows, 256), 2 * min(attack_rows, 256)
+    if kind == "inspect":
+        return step.inputs["epochs"] * classes * eval_rows * NC_ROWS, eval_rows
+    if kind == "adversarial-training":
+        at = config.adversarial_training
+        assert at is not None
+        attack_steps = {"adv-pgd": 10, "adv-fast": 1, "trades": 10}[at.defense]
+        return at.epochs * train_rows * (attack_steps + TRAIN_FACTOR), eval_rows
+    if kind == "poisoning":
+        from advkit.models.recipes import zoo_epochs
+
+        return zoo_epochs(arch) * train_rows * TRAIN_FACTOR, 2 * eval_rows
+    if kind == "certified-training":
+        cert = config.certification
+        assert cert is not None
+        extra = {"gaussian": 0, "smoothadv": 2, "macer": 1}[cert.training or "gaussian"]
+        return cert.epochs * train_rows * (TRAIN_FACTOR + extra), eval_rows
+    if kind == "certification":
+        cert = config.certification
+        assert cert is not None
+        rows = min(eval_rows, cert.limit or eval_rows)
+        return 0.0, (cert.n0 + cert.n) * rows + eval_rows
+    if kind == "backdoor-mitigation":  # unlearning's fine-tuning epochs or pruning's checks on the clean rows
+        return 10 * eval_rows * TRAIN_FACTOR, 20 * eval_rows
+    return 0.0, eval_rows
+
+
+def estimate_plan(
+    plan: list[Step], config: AuditConfig, floor: Floor, eval_rows: int, train_rows: int, classes: int, arch: str = ""
+) -> list[dict[str, Any]]:
+    """``[{step, kind, estimated_seconds}]`` in plan order."""
+    out = []
+    for step in plan:
+        backward, forward = step_units(step, config, eval_rows, train_rows, classes, arch)
+        out.append({"step": step.id, "kind": step.kind, "estimated_seconds": backward * floor.backward + forward * floor.forward})
+    return out
