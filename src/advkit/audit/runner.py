@@ -127,7 +127,7 @@ class AuditRunner:
         plan = self.checked_plan()
         self._total = len(plan)
         self.estimates = self.estimate(plan)
-        self.notify(f"estimated at most {sum(e['estimated_seconds'] for e in self.estimates):.0f}s for {len(plan)} steps (advkit audit --estimate)")
+        self.notify(f"estimated at most {sum(e['estimated_seconds'] for e in self.estimates):.1f}s for {len(plan)} steps (advkit audit --estimate)")
         (self.run_dir / "steps").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "artifacts").mkdir(exist_ok=True)
         write_json(self.run_dir / "config.json", self.config.model_dump(mode="json"))
@@ -317,8 +317,19 @@ class AuditRunner:
         self.results[step.id] = result
         self.timings[step.id] = seconds
         write_json(self._step_path(step), {"id": step.id, "hash": step.hash, "seconds": seconds, "result": result})
-        self.notify(f"{seconds:6.1f}s  {step.id}")
+        self.notify(f"{seconds:6.1f}s  {step.id}{self._eta()}")
         self._tick(len(self.results))
+
+    def _eta(self) -> str:
+        """``  (about Ns left)``: the estimates of the steps still to run, scaled by how the
+        finished steps compared with their own estimates (the estimates are upper bounds)."""
+        estimated = {e["step"]: e["estimated_seconds"] for e in self.estimates}
+        ran = [s for s in self.timings if s in estimated and s not in self.cached]
+        spent, planned = sum(self.timings[s] for s in ran), sum(estimated[s] for s in ran)
+        left = sum(v for s, v in estimated.items() if s not in self.results)
+        if not left or planned <= 0:
+            return ""
+        return f"  (about {left * spent / planned / max(1, self.executor.workers):.0f}s left)"
 
     def _driver_workspace(self) -> Workspace:
         from advkit.models.portable import ResidentModel
