@@ -18,6 +18,7 @@ import pytest
 from scipy.stats import norm
 
 from advkit.cli import main
+from advkit.errors import AdvkitError
 
 SMALL = """\
 limit: 120
@@ -375,3 +376,41 @@ def test_estimate_prints_the_plan_and_writes_nothing(config_file, tmp_path, caps
     printed = capsys.readouterr().out
     assert "train/adv-fast" in printed and "total" in printed and "ms per row forward+backward" in printed
     assert not out.exists()
+
+
+def test_a_budget_cuts_in_the_documented_order_and_says_so():
+    from advkit.audit.budget import CUT_ORDER, fit_to_budget
+    from advkit.audit.config import AuditConfig
+
+    def cost(cfg):  # seconds proportional to the work each setting controls
+        return (cfg.evasion.limit or 400) * cfg.evasion.restarts + cfg.backdoor_defense.epochs * 10 + cfg.certification.n / 10
+
+    cfg = AuditConfig()
+    same, cuts = fit_to_budget(cfg, cost, 10_000, rows=400)
+    assert same == cfg and cuts == []
+    cut, cuts = fit_to_budget(cfg, cost, 500, rows=400)
+    keys = [c["key"] for c in cuts]
+    assert keys[0] == "evasion.limit" and keys == sorted(keys, key=[k for k, _ in CUT_ORDER].index)
+    assert cost(cut) <= 500 and cuts[-1]["estimated_seconds"] == cost(cut)
+    assert cut.evasion.limit == 50 and cut.evasion.restarts == 1  # rows to their floor before restarts
+    assert all(c["to"] < c["from"] for c in cuts)
+    with pytest.raises(AdvkitError, match="even after every cut"):
+        fit_to_budget(cfg, cost, 1, rows=400)
+
+
+def test_audit_under_a_budget_records_its_cuts(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "limit: 120\nevasion:\n  attacks: [pgd]\n  eps: [0.1]\n  steps: 20\n  restarts: 2\n"
+        "adversarial_training: null\npoisoning: []\nbackdoor_defense: null\ncertification: null\n"
+    )
+    assert cli(["audit", config, "--estimate"]) == 0
+    total = float(next(line for line in capsys.readouterr().out.splitlines() if "total" in line).split("│")[-2])
+    run_dir = tmp_path / "run"
+    assert cli(["audit", config, "--out", run_dir, "--budget", f"{total * 0.6 / 60:.6f}"]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    cuts = report["budget"]["cuts"]
+    assert cuts and cuts[0]["key"] == "evasion.limit" and cuts[0]["from"] == 120
+    assert report["config"]["evasion"]["limit"] == cuts[-1]["to"] if cuts[-1]["key"] == "evasion.limit" else True
+    assert all(r["n"] < 120 for r in report["evasion"])
+    assert "time budget" in (run_dir / "report.html").read_text()

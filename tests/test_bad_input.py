@@ -338,6 +338,8 @@ CASES = [
     Case("audit-threads-zero", ["audit", "--threads", "0"], "--threads must be >= 1"),
     Case("audit-address-without-ray", ["audit", "--address", "ray://head:10001"], "use it with --executor ray"),
     Case("audit-config-model-missing", ["audit", "@missingmodel.yaml"], "no such file"),
+    Case("audit-budget-zero", ["audit", "--budget", "0"], "--budget must be a positive number of minutes"),
+    Case("audit-budget-too-small", ["audit", "--budget", "0.001"], "even after every cut"),
     # steal
     Case("steal-unknown-name", ["steal", "bogus"], "unknown extraction"),
     Case("steal-seed-size-zero", ["steal", "papernot", "--model", M, "--seed-size", "0"], "--seed-size must be in"),

@@ -24,6 +24,7 @@ class RunRecord:
     defaults_applied: list[dict[str, Any]]
     estimates: list[dict[str, Any]]
     floor: dict[str, float] | None
+    budget: dict[str, Any] | None
 
     @classmethod
     def of(cls, runner: AuditRunner, plan: list[Step]) -> RunRecord:
@@ -42,4 +43,5 @@ class RunRecord:
             defaults_applied=list(runner.defaults_applied),
             estimates=list(runner.estimates),
             floor=runner.floor.to_dict() if runner.floor is not None else None,
+            budget={"minutes": runner.budget_minutes, "cuts": list(runner.cuts)} if runner.budget_minutes is not None else None,
         )

@@ -88,6 +88,7 @@ def build_report(run: RunRecord) -> dict[str, Any]:
         "timings": {step.id: run.timings[step.id] for step in plan},
         "plan": run.estimates,  # [{step, kind, estimated_seconds}]: the cost estimate made before the run
         "floor": run.floor,
+        "budget": run.budget,  # {minutes, cuts [{key, from, to, estimated_seconds}]} with --budget, else None
         "cached_steps": list(run.cached),
     }
     report["findings"] = findings(report)

@@ -40,13 +40,23 @@ class AuditRunner:
     """Builds the plan from a config and runs it in a run folder."""
 
     def __init__(
-        self, config: AuditConfig, run_dir: Path, *, resume: bool = False, progress: Progress | None = None, notify: Notify | None = None, executor: Executor | None = None
+        self,
+        config: AuditConfig,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        progress: Progress | None = None,
+        notify: Notify | None = None,
+        executor: Executor | None = None,
+        budget_minutes: float | None = None,
     ):
         from advkit.engine.local import LocalExecutor
 
         self.config = config
         self.defaults_applied: list[dict[str, Any]] = []  # budgets the data chose (with_data_defaults)
         self.estimates: list[dict[str, Any]] = []  # [{step, kind, estimated_seconds}] before the run
+        self.budget_minutes = budget_minutes
+        self.cuts: list[dict[str, Any]] = []  # what --budget cut (advkit.audit.budget)
         self.floor: Any = None
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -125,8 +135,10 @@ class AuditRunner:
         if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.resume:
             raise AdvkitError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
         plan = self.checked_plan()
-        self._total = len(plan)
         self.estimates = self.estimate(plan)
+        if self.budget_minutes is not None:
+            plan = self.fit_budget()
+        self._total = len(plan)
         self.notify(f"estimated at most {sum(e['estimated_seconds'] for e in self.estimates):.1f}s for {len(plan)} steps (advkit audit --estimate)")
         (self.run_dir / "steps").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "artifacts").mkdir(exist_ok=True)
@@ -161,6 +173,29 @@ class AuditRunner:
         self.floor = measure_floor(model, self.eval_data().x)
         train_rows = len(self.train_data()) if any(STEP_KINDS[s.kind].needs_train for s in plan) else 0
         return estimate_plan(plan, self.config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
+
+    def fit_budget(self) -> list[Step]:
+        """Cut the config until the estimate fits ``budget_minutes`` (:mod:`advkit.audit.budget`); the new plan."""
+        from advkit.audit.budget import fit_to_budget
+        from advkit.audit.estimate import estimate_plan
+
+        assert self.budget_minutes is not None and self.floor is not None
+        model = self.model()
+        train_rows = len(self.train_data()) if any(STEP_KINDS[s.kind].needs_train for s in self.plan()) else 0
+        shards = SHARDS_PER_WORKER * self.executor.workers if self.executor.remote else 1
+
+        def total(config: AuditConfig) -> float:
+            steps = build_plan(config, eval_rows=len(self.eval_data()), shards_per_step=shards)
+            rows = estimate_plan(steps, config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
+            return sum(r["estimated_seconds"] for r in rows)
+
+        self.config, self.cuts = fit_to_budget(self.config, total, self.budget_minutes * 60, len(self.eval_data()))
+        for cut in self.cuts:
+            self.notify(f"--budget: {cut['key']} {cut['from']} -> {cut['to']} (estimate {cut['estimated_seconds']:.0f}s)")
+        plan = self.plan()
+        self._check_plan(plan)
+        self.estimates = estimate_plan(plan, self.config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
+        return plan
 
     def _check_plan(self, plan: list[Step]) -> None:
         """Sections that retrain need an architecture: say so before the first step runs."""

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from advkit.errors import AdvkitError
 from advkit.cli.common import (
     AddressOpt,
     ExecutorOpt,
@@ -33,6 +34,7 @@ def audit(
     threads: ThreadsOpt = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="print the default config and exit")] = False,
     estimate: Annotated[bool, typer.Option("--estimate", help="time one forward+backward batch, print every step's estimated cost and exit")] = False,
+    budget: Annotated[float | None, typer.Option("--budget", help="minutes: cut rows, restarts, epochs and samples (in that order) until the estimate fits")] = None,
 ) -> None:
     """Attack, mitigate, attack again; write report.json and report.html in the run directory."""
     from advkit.audit.config import default_yaml, load_config
@@ -45,13 +47,15 @@ def audit(
         return
     check_executor_options(executor, address, workers, threads)
     cfg = load_config(config)
+    if budget is not None and not budget > 0:
+        raise AdvkitError(f"--budget must be a positive number of minutes; got {budget:g}")
     if estimate:
-        _print_estimate(AuditRunner(cfg, out_dir))
+        _print_estimate(AuditRunner(cfg, out_dir, budget_minutes=budget))
         return
     writable(out_dir, "--out", directory=True)
     with make_executor(executor, address=address, workers=workers, threads=threads) as engine:
         runner = AuditRunner(
-            cfg, out_dir, resume=resume, progress=progress_callback(True), notify=lambda m: err.print(m, markup=False), executor=engine
+            cfg, out_dir, resume=resume, progress=progress_callback(True), notify=lambda m: err.print(m, markup=False), executor=engine, budget_minutes=budget
         )
         report = runner.run()
     html = write_views(out_dir, report, ("html",))[0]
@@ -63,6 +67,11 @@ def _print_estimate(runner: Any) -> None:
     """The plan with each step's estimated seconds (upper bounds), written nowhere."""
     plan = runner.checked_plan()
     rows = runner.estimate(plan)
+    if runner.budget_minutes is not None:
+        runner.fit_budget()
+        rows = runner.estimates
+        for cut in runner.cuts:
+            out.print(f"--budget cut: {cut['key']} {cut['from']} -> {cut['to']}", markup=False)
     table = Table(title="advkit audit --estimate (upper bounds: attacks retire rows, Neural Cleanse stops early)")
     for column in ("step", "kind", "estimated seconds"):
         table.add_column(column, justify="right" if column == "estimated seconds" else "left")

@@ -1,0 +1,78 @@
+"""Fit an audit into a time budget by cutting work in a documented order, never silently.
+
+While the plan's estimate (:mod:`advkit.audit.estimate`, upper bounds) exceeds the
+budget, the next cut in this order is applied, each halving its setting down to a floor
+before the next one starts:
+
+1. rows: ``evasion.limit`` (down to 50 rows), then ``certification.limit`` (down to 20);
+2. restarts: ``evasion.restarts`` (down to 1);
+3. Neural Cleanse epochs: ``backdoor_defense.epochs`` (down to 5);
+4. certification samples: ``certification.n`` (down to 100, and ``n0`` with it);
+5. training epochs: ``adversarial_training.epochs``, then ``certification.epochs`` (down to 2).
+
+Every cut is recorded ({key, from, to, estimated_seconds}) for ``report.json``'s
+``budget``; a plan still over budget after every cut is refused in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from advkit.audit.config import AuditConfig
+from advkit.errors import AdvkitError
+
+# (dotted key, floor); the current value of a key may be None ("every row"): rows of the data
+CUT_ORDER: tuple[tuple[str, int], ...] = (
+    ("evasion.limit", 50),
+    ("certification.limit", 20),
+    ("evasion.restarts", 1),
+    ("backdoor_defense.epochs", 5),
+    ("certification.n", 100),
+    ("adversarial_training.epochs", 2),
+    ("certification.epochs", 2),
+)
+
+
+def _get(config: AuditConfig, key: str) -> tuple[Any, Any]:
+    section, field = key.split(".")
+    part = getattr(config, section)
+    return part, None if part is None else getattr(part, field)
+
+
+def _cut_once(config: AuditConfig, key: str, floor: int, rows: int) -> tuple[AuditConfig, int, int] | None:
+    """``config`` with ``key`` halved (not below ``floor``), or None when it cannot shrink."""
+    part, value = _get(config, key)
+    if part is None:
+        return None
+    current = rows if value is None and key.endswith(".limit") else value
+    if current is None or current <= floor:
+        return None
+    new = max(floor, current // 2)
+    update: dict[str, Any] = {key.split(".")[1]: new}
+    if key == "certification.n" and part.n0 > new:
+        update["n0"] = new
+    section = key.split(".")[0]
+    return config.model_copy(update={section: part.model_copy(update=update)}), current, new
+
+
+def fit_to_budget(config: AuditConfig, estimate: Callable[[AuditConfig], float], seconds: float, rows: int) -> tuple[AuditConfig, list[dict[str, Any]]]:
+    """The config cut until ``estimate(config) <= seconds``, and the cuts made, in order."""
+    if not seconds > 0:
+        raise AdvkitError(f"--budget must be a positive number of minutes; got {seconds / 60:g}")
+    cuts: list[dict[str, Any]] = []
+    total = estimate(config)
+    for key, floor in CUT_ORDER:
+        while total > seconds:
+            step = _cut_once(config, key, floor, rows)
+            if step is None:
+                break
+            config, before, after = step
+            total = estimate(config)
+            cuts.append({"key": key, "from": before, "to": after, "estimated_seconds": total})
+        if total <= seconds:
+            return config, cuts
+    raise AdvkitError(
+        f"the audit needs about {total / 60:.1f} minutes even after every cut ({len(cuts)} made), over the --budget of {seconds / 60:g}; "
+        "raise --budget, or remove sections from the config"
+    )
