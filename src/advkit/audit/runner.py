@@ -123,9 +123,10 @@ class AuditRunner:
         return json.loads(json.dumps(self._fingerprint))
 
     # -- run ----------------------------------------------------------------------------
-    def plan(self) -> list[Step]:
+    def plan(self, config: AuditConfig | None = None) -> list[Step]:
+        """The steps of ``config`` (default: the runner's) on the evaluation rows."""
         shards = SHARDS_PER_WORKER * self.executor.workers if self.executor.remote else 1
-        return build_plan(self.config, eval_rows=len(self.eval_data()), shards_per_step=shards)
+        return build_plan(config or self.config, eval_rows=len(self.eval_data()), shards_per_step=shards)
 
     def run(self) -> dict[str, Any]:
         """Execute (or resume) the plan; write and return ``report.json``'s content."""
@@ -134,10 +135,7 @@ class AuditRunner:
 
         if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.resume:
             raise AdvkitError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        plan = self.checked_plan()
-        self.estimates = self.estimate(plan)
-        if self.budget_minutes is not None:
-            plan = self.fit_budget()
+        plan = self.prepare()
         self._total = len(plan)
         self.notify(f"estimated at most {sum(e['estimated_seconds'] for e in self.estimates):.1f}s for {len(plan)} steps (advkit audit --estimate)")
         (self.run_dir / "steps").mkdir(parents=True, exist_ok=True)
@@ -157,45 +155,40 @@ class AuditRunner:
         write_manifest(self.run_dir / "provenance.json", self.results["provenance"])
         return report
 
-    def checked_plan(self) -> list[Step]:
-        """The plan for the data (budgets from :func:`with_data_defaults`), checked before any step runs."""
+    def prepare(self) -> list[Step]:
+        """The checked plan, estimated, and cut to ``budget_minutes`` when one is given.
+
+        Fills ``config`` (budgets from the data, then the cuts), ``floor``, ``estimates``
+        and ``cuts``; writes nothing (``advkit audit --estimate`` stops here).
+        """
+        from advkit.audit.budget import fit_to_budget
+        from advkit.audit.estimate import measure_floor
+
         self.model()  # fail early on a bad model or data, before anything is written
         self.config, self.defaults_applied = with_data_defaults(self.config, self.eval_data().input_shape[0])
         plan = self.plan()
         self._check_plan(plan)
+        self.floor = measure_floor(self.model(), self.eval_data().x)
+        if self.budget_minutes is not None:
+
+            def total(config: AuditConfig) -> float:
+                return sum(e["estimated_seconds"] for e in self._estimates(config, self.plan(config)))
+
+            self.config, self.cuts = fit_to_budget(self.config, total, self.budget_minutes * 60, len(self.eval_data()))
+            for cut in self.cuts:
+                self.notify(f"--budget: {cut['key']} {cut['from']} -> {cut['to']} (estimate {cut['estimated_seconds']:.0f}s)")
+            plan = self.plan()
+            self._check_plan(plan)
+        self.estimates = self._estimates(self.config, plan)
         return plan
 
-    def estimate(self, plan: list[Step]) -> list[dict[str, Any]]:
-        """Every step's cost from one timed forward+backward batch (:mod:`advkit.audit.estimate`)."""
-        from advkit.audit.estimate import estimate_plan, measure_floor
-
-        model = self.model()
-        self.floor = measure_floor(model, self.eval_data().x)
-        train_rows = len(self.train_data()) if any(STEP_KINDS[s.kind].needs_train for s in plan) else 0
-        return estimate_plan(plan, self.config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
-
-    def fit_budget(self) -> list[Step]:
-        """Cut the config until the estimate fits ``budget_minutes`` (:mod:`advkit.audit.budget`); the new plan."""
-        from advkit.audit.budget import fit_to_budget
+    def _estimates(self, config: AuditConfig, plan: list[Step]) -> list[dict[str, Any]]:
+        """Every step's cost from the timed floor (:mod:`advkit.audit.estimate`)."""
         from advkit.audit.estimate import estimate_plan
 
-        assert self.budget_minutes is not None and self.floor is not None
         model = self.model()
-        train_rows = len(self.train_data()) if any(STEP_KINDS[s.kind].needs_train for s in self.plan()) else 0
-        shards = SHARDS_PER_WORKER * self.executor.workers if self.executor.remote else 1
-
-        def total(config: AuditConfig) -> float:
-            steps = build_plan(config, eval_rows=len(self.eval_data()), shards_per_step=shards)
-            rows = estimate_plan(steps, config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
-            return sum(r["estimated_seconds"] for r in rows)
-
-        self.config, self.cuts = fit_to_budget(self.config, total, self.budget_minutes * 60, len(self.eval_data()))
-        for cut in self.cuts:
-            self.notify(f"--budget: {cut['key']} {cut['from']} -> {cut['to']} (estimate {cut['estimated_seconds']:.0f}s)")
-        plan = self.plan()
-        self._check_plan(plan)
-        self.estimates = estimate_plan(plan, self.config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
-        return plan
+        train_rows = len(self.train_data()) if any(STEP_KINDS[s.kind].needs_train for s in plan) else 0
+        return estimate_plan(plan, config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
 
     def _check_plan(self, plan: list[Step]) -> None:
         """Sections that retrain need an architecture: say so before the first step runs."""

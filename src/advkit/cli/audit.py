@@ -65,13 +65,10 @@ def audit(
 
 def _print_estimate(runner: Any) -> None:
     """The plan with each step's estimated seconds (upper bounds), written nowhere."""
-    plan = runner.checked_plan()
-    rows = runner.estimate(plan)
-    if runner.budget_minutes is not None:
-        runner.fit_budget()
-        rows = runner.estimates
-        for cut in runner.cuts:
-            out.print(f"--budget cut: {cut['key']} {cut['from']} -> {cut['to']}", markup=False)
+    runner.prepare()
+    rows = runner.estimates
+    for cut in runner.cuts:
+        out.print(f"--budget cut: {cut['key']} {cut['from']} -> {cut['to']}", markup=False)
     table = Table(title="advkit audit --estimate (upper bounds: attacks retire rows, Neural Cleanse stops early)")
     for column in ("step", "kind", "estimated seconds"):
         table.add_column(column, justify="right" if column == "estimated seconds" else "left")
