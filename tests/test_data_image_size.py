@@ -105,8 +105,9 @@ def test_imagenet_layout_train_and_val_of_mixed_sizes(tmp_path):
     parts = tmp_path / "parts"  # each part of one size, the two parts not
     write_folder(parts / "train", [("cat", "0.png", "RGB", 8, 8), ("dog", "0.png", "RGB", 8, 8)])
     write_folder(parts / "val", [("cat", "0.png", "RGB", 9, 7), ("dog", "0.png", "RGB", 9, 7)])
-    with pytest.raises(AdvkitError, match=r"train images are 8x8, val images 9x7; pass --image-size S"):
+    with pytest.raises(AdvkitError, match=r"val/cat/0.png: image size 9x7 differs from 8x8 of the others; pass --image-size S"):
         load_dataset(str(parts), "all")
+    assert load_dataset(str(parts), "test").x.shape == (2, 3, 7, 9)  # each part of the layout is checked on its own
     assert load_dataset(str(parts), "all", image_size=6).x.shape == (4, 3, 6, 6)
 
 
@@ -130,7 +131,8 @@ def test_same_size_folder_without_image_size_is_unchanged(tmp_path):
 
 @pytest.mark.parametrize("image_size", [None, 16])
 def test_corrupt_jpeg_is_one_line_naming_the_file(tmp_path, image_size):
-    root = write_folder(tmp_path / "imgs")
+    files = FILES if image_size else [(c, n, m, 40, 30) for c, n, m, _, _ in FILES]  # one size when nothing resizes
+    root = write_folder(tmp_path / "imgs", files)
     good = (root / "a" / "1.jpg").read_bytes()
     (root / "a" / "1.jpg").write_bytes(good[: len(good) // 3])  # truncated JPEG
     with pytest.raises(AdvkitError, match=r"a/1\.jpg: unreadable image") as info:

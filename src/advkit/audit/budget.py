@@ -8,8 +8,10 @@ before the next one starts:
 2. restarts: ``evasion.restarts`` (down to 1);
 3. Neural Cleanse epochs: ``backdoor_defense.epochs`` (down to 5);
 4. certification samples: ``certification.n`` (down to 100, and ``n0`` with it);
-5. training epochs: ``adversarial_training.epochs``, then ``certification.epochs`` (down to 2).
+5. training epochs: ``adversarial_training.epochs``, then ``certification.epochs`` and
+   ``certification.denoiser_epochs`` (down to 2), then ``fine_tune.epochs`` (down to 1).
 
+A cut that would not lower the estimate (a setting this plan does not use) is not made.
 Every cut is recorded ({key, from, to, estimated_seconds}) for ``report.json``'s
 ``budget``; a plan still over budget after every cut is refused in one line.
 """
@@ -31,6 +33,8 @@ CUT_ORDER: tuple[tuple[str, int], ...] = (
     ("certification.n", 100),
     ("adversarial_training.epochs", 2),
     ("certification.epochs", 2),
+    ("certification.denoiser_epochs", 2),
+    ("fine_tune.epochs", 1),
 )
 
 
@@ -67,8 +71,11 @@ def fit_to_budget(config: AuditConfig, estimate: Callable[[AuditConfig], float],
             step = _cut_once(config, key, floor, rows)
             if step is None:
                 break
-            config, before, after = step
-            total = estimate(config)
+            cut, before, after = step
+            new_total = estimate(cut)
+            if new_total >= total:  # the setting does not apply to this plan (e.g. epochs of a retraining when fine-tuning)
+                break
+            config, total = cut, new_total
             cuts.append({"key": key, "from": before, "to": after, "estimated_seconds": total})
         if total <= seconds:
             return config, cuts

@@ -112,12 +112,24 @@ class CertificationConfig(_Strict):
     limit: int | None = Field(100, ge=1, description="certify only the first N rows")
     training: Literal["gaussian", "smoothadv", "macer"] | None = "gaussian"
     epochs: int = Field(20, ge=1)
+    denoised: bool | None = Field(
+        None, description="denoised smoothing (Salman et al. 2020): train a denoiser in front of the frozen model and certify that; default: when the audit fine-tunes"
+    )
+    denoiser_epochs: int = Field(10, ge=1, description="epochs of the denoiser's training (MSE warm-up, then the stability objective)")
 
     @model_validator(mode="after")
     def _n0_within_n(self) -> CertificationConfig:
         if self.n0 > self.n:
             raise ValueError(f"n0 ({self.n0}) must not exceed n ({self.n})")
         return self
+
+
+class FineTuneConfig(_Strict):
+    """How the audit fine-tunes a copy of the given model instead of retraining its architecture."""
+
+    epochs: int = Field(3, ge=1, description="epochs of every fine-tuning (mitigations and the poisoned models)")
+    lr: float = Field(0.01, gt=0, description="peak learning rate (SGD, one-cycle: 15% warm-up, cosine decay)")
+    rows: int | None = Field(None, ge=1, description="fine-tune on the first N train rows (default: all)")
 
 
 class AuditConfig(_Strict):
@@ -133,11 +145,21 @@ class AuditConfig(_Strict):
     )
     crop_fraction: float = Field(0.875, gt=0, le=1, description="share of the resized shorter side the centre crop keeps (0.875: 256 -> 224)")
     seed: int = 0
+    training: Literal["auto", "retrain", "fine-tune"] = Field(
+        "auto",
+        description="how mitigated and poisoned models are made: retrain the architecture from scratch, or fine-tune a copy of the given model; auto: retrain when the model names an advkit architecture, else fine-tune",
+    )
+    fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
     evasion: EvasionConfig = Field(default_factory=EvasionConfig)
     adversarial_training: AdversarialTrainingConfig | None = Field(default_factory=AdversarialTrainingConfig)
     poisoning: list[PoisoningConfig] = Field(default_factory=lambda: [PoisoningConfig()])
     backdoor_defense: BackdoorDefenseConfig | None = Field(default_factory=BackdoorDefenseConfig)
     certification: CertificationConfig | None = Field(default_factory=CertificationConfig)
+
+
+def fine_tunes(config: AuditConfig, arch: str | None) -> bool:
+    """Whether the audit fine-tunes the given model (``training``) rather than retraining ``arch``."""
+    return config.training == "fine-tune" or (config.training == "auto" and not arch)
 
 
 GREY_EPS = [0.05, 0.1, 0.2, 0.3]  # the MNIST convention, either norm (as before these defaults followed the data)

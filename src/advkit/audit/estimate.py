@@ -106,20 +106,30 @@ def step_units(step: Step, config: AuditConfig, eval_rows: int, train_rows: int,
         return 2 * min(attack_rows, 256), 2 * min(attack_rows, 256)
     if kind == "inspect":
         return step.inputs["epochs"] * classes * eval_rows * NC_ROWS, eval_rows
+    fine_tuning = step.inputs.get("training") == "fine-tune"
+    if fine_tuning:  # a fine-tuning runs fine_tune.epochs on at most fine_tune.rows rows
+        train_rows = min(train_rows, config.fine_tune.rows or train_rows)
     if kind == "adversarial-training":
         at = config.adversarial_training
         assert at is not None
         attack_steps = {"adv-pgd": 10, "adv-fast": 1, "trades": 10}[at.defense]
-        return at.epochs * train_rows * (attack_steps + TRAIN_FACTOR), eval_rows
+        epochs = config.fine_tune.epochs if fine_tuning else at.epochs
+        return epochs * train_rows * (attack_steps + TRAIN_FACTOR), eval_rows
     if kind == "poisoning":
         from advkit.models.recipes import zoo_epochs
 
-        return zoo_epochs(arch) * train_rows * TRAIN_FACTOR, 2 * eval_rows
+        epochs = config.fine_tune.epochs if fine_tuning else zoo_epochs(arch)
+        return epochs * train_rows * TRAIN_FACTOR, 2 * eval_rows
     if kind == "certified-training":
         cert = config.certification
         assert cert is not None
         extra = {"gaussian": 0, "smoothadv": 2, "macer": 1}[cert.training or "gaussian"]
-        return cert.epochs * train_rows * (TRAIN_FACTOR + extra), eval_rows
+        epochs = config.fine_tune.epochs if fine_tuning else cert.epochs
+        return epochs * train_rows * (TRAIN_FACTOR + extra), eval_rows
+    if kind == "denoiser-training":  # the frozen model's backward pass for the denoiser's gradient, x 2 for the denoiser itself
+        cert = config.certification
+        assert cert is not None
+        return cert.denoiser_epochs * train_rows * 2 * TRAIN_FACTOR, eval_rows
     if kind == "certification":
         cert = config.certification
         assert cert is not None

@@ -190,7 +190,7 @@ def _evasion_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
                     f"{before['adversarial_accuracy']:.1%} to {after['adversarial_accuracy']:.1%} (every attack, per row)"
                 ),
                 "detail": f"clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}",
-                "atlas": atlas_ids(model["id"].split("/", 1)[1]),
+                "atlas": atlas_ids(model["id"].split("/")[-1]),
             })
     return out
 

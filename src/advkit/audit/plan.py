@@ -17,7 +17,8 @@ from advkit.audit.config import AuditConfig, PoisoningConfig
 from advkit.core import Threat
 
 MASKING_ATTACK = "square"  # the gradient-free attack the gradient-masking check adds
-TRAINING_KINDS = ("adversarial-training", "poisoning", "certified-training")
+TRAINING_KINDS = ("adversarial-training", "poisoning", "certified-training", "denoiser-training")
+DENOISED = "denoised"  # the id of the denoiser trained in front of the frozen model (denoised smoothing)
 
 
 @dataclass
@@ -38,28 +39,54 @@ def step_slug(step_id: str) -> str:
     return step_id.replace("/", "__").replace("@", "_at_")
 
 
-def build_plan(config: AuditConfig, *, eval_rows: int, shards_per_step: int = 1) -> list[Step]:
-    """Every step of the audit, in an order where dependencies come first."""
+def build_plan(config: AuditConfig, *, eval_rows: int, shards_per_step: int = 1, fine_tune: bool = False) -> list[Step]:
+    """Every step of the audit, in an order where dependencies come first.
+
+    With ``fine_tune`` (:func:`advkit.audit.config.fine_tunes`) the mitigated and the
+    poisoned models are fine-tuned copies of the given model: their training steps carry
+    ``training: fine-tune`` and the fine-tuning settings, and the mitigated models' ids
+    are ``fine-tuned/<defense>``; otherwise the architecture is retrained (``train/...``).
+    Denoised smoothing (id ``denoised``) runs when asked, and by default when fine-tuning.
+    """
+    how = _training_inputs(config, fine_tune)
     plan: list[Step] = [Step("provenance", "provenance", {})]
     plan += evasion_steps(config, "model", ["provenance"])
     if config.backdoor_defense is not None:
         plan.append(Step("inspect/model", "inspect", {"target": "model", "epochs": config.backdoor_defense.epochs}, ["provenance"]))
     if config.adversarial_training is not None:
         at = config.adversarial_training
-        plan.append(Step(f"train/{at.defense}", "adversarial-training", at.model_dump(), ["provenance"]))
-        plan += evasion_steps(config, f"train/{at.defense}", [f"train/{at.defense}"])
+        trained = f"{'fine-tuned' if fine_tune else 'train'}/{at.defense}"
+        plan.append(Step(trained, "adversarial-training", {**at.model_dump(), **how}, ["provenance"]))
+        plan += evasion_steps(config, trained, [trained])
     for index, scenario in enumerate(config.poisoning):
-        plan += poisoning_steps(config, f"{index}-{scenario.attack}", scenario)
+        plan += poisoning_steps(config, f"{index}-{scenario.attack}", scenario, how)
     if config.certification is not None:
         certification = config.certification
         rows = min(eval_rows, certification.limit or eval_rows)
         shards = row_shards(rows, shards_per_step)
-        plan.append(Step("certify/model", "certification", {"target": "model", **certification.model_dump()}, ["provenance"], shards))
+        settings = certification.model_dump()
+        plan.append(Step("certify/model", "certification", {"target": "model", **settings}, ["provenance"], shards))
         if certification.training is not None:
-            trained = f"train/certified-{certification.training}"
-            plan.append(Step(trained, "certified-training", certification.model_dump(), ["provenance"]))
-            plan.append(Step(f"certify/certified-{certification.training}", "certification", {"target": trained, **certification.model_dump()}, [trained], shards))
+            trained = f"fine-tuned/{certification.training}" if fine_tune else f"train/certified-{certification.training}"
+            label = f"fine-tuned-{certification.training}" if fine_tune else f"certified-{certification.training}"
+            plan.append(Step(trained, "certified-training", {**settings, **how}, ["provenance"]))
+            plan.append(Step(f"certify/{label}", "certification", {"target": trained, **settings}, [trained], shards))
+        if certification.denoised or (certification.denoised is None and fine_tune):
+            plan.append(Step(DENOISED, "denoiser-training", settings, ["provenance"]))
+            plan.append(Step(f"certify/{DENOISED}", "certification", {"target": DENOISED, **settings}, [DENOISED], shards))
     return plan
+
+
+def _training_inputs(config: AuditConfig, fine_tune: bool) -> dict[str, Any]:
+    """What a training step adds to its inputs: how it trains (and, fine-tuning, with what)."""
+    if not fine_tune:
+        return {"training": "retrain"}
+    return {"training": "fine-tune", "fine_tune": config.fine_tune.model_dump()}
+
+
+def scenario_of(inputs: dict[str, Any]) -> PoisoningConfig:
+    """The poisoning scenario of a poisoning step's inputs (without how it trains)."""
+    return PoisoningConfig.model_validate({k: v for k, v in inputs.items() if k not in ("training", "fine_tune")})
 
 
 def evasion_steps(config: AuditConfig, target: str, depends: list[str]) -> list[Step]:
@@ -80,9 +107,9 @@ def evasion_steps(config: AuditConfig, target: str, depends: list[str]) -> list[
     return steps
 
 
-def poisoning_steps(config: AuditConfig, name: str, scenario: PoisoningConfig) -> list[Step]:
-    """Poison and train; then, with a backdoor defense, inspect and repair."""
-    steps = [Step(f"poison/{name}", "poisoning", scenario.model_dump(), ["provenance"])]
+def poisoning_steps(config: AuditConfig, name: str, scenario: PoisoningConfig, how: dict[str, Any] | None = None) -> list[Step]:
+    """Poison and train (or fine-tune, per ``how``); then, with a backdoor defense, inspect and repair."""
+    steps = [Step(f"poison/{name}", "poisoning", {**scenario.model_dump(), **(how or {"training": "retrain"})}, ["provenance"])]
     defense = config.backdoor_defense
     if defense is None:
         return steps

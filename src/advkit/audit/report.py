@@ -17,6 +17,7 @@ import torch
 
 from advkit import __version__
 from advkit.audit.findings import findings
+from advkit.audit.plan import DENOISED
 from advkit.errors import AdvkitError
 from advkit.registry import atlas_ids
 
@@ -35,7 +36,11 @@ def build_report(run: RunRecord) -> dict[str, Any]:
     for step in plan:
         if step.kind == "adversarial-training":
             r = results[step.id]
-            models.append({"id": step.id, "label": f"{r['defense']} eps={r['eps']:g} (mitigated)", "clean_accuracy": r["clean_accuracy"], "artifact": r["artifact"]})
+            how = "fine-tuned" if r.get("training") == "fine-tune" else "mitigated"
+            models.append({"id": step.id, "label": f"{r['defense']} eps={r['eps']:g} ({how})", "clean_accuracy": r["clean_accuracy"], "artifact": r["artifact"]})
+        elif step.kind == "denoiser-training":
+            r = results[step.id]
+            models.append({"id": step.id, "label": f"denoiser sigma={r['sigma']:g} in front of the frozen model (denoised smoothing)", "clean_accuracy": r["clean_accuracy"], "artifact": r["artifact"]})
     evasion, per_row = [], []
     masking = []
     for step in plan:
@@ -64,8 +69,7 @@ def build_report(run: RunRecord) -> dict[str, Any]:
     for step in plan:
         if step.kind == "certification":
             target = step.inputs["target"]
-            label = models[0]["label"] if target == "model" else f"{results[target]['defense']} sigma={results[target]['sigma']:g} (certified training)"
-            certification.append({"step": step.id, "label": label, **results[step.id], "atlas": atlas_ids("randomized-smoothing" if target == "model" else results[target]["defense"])})
+            certification.append({"step": step.id, "label": _certified_label(target, results, models[0]["label"]), **results[step.id], "atlas": _certified_atlas(target, results)})
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -128,6 +132,22 @@ def evasion_worst(records: list[dict[str, Any]], per_row: list[dict[str, Any] | 
         worst.pop("attack", None)
         out.append({"model": model, "norm": rows[0]["threat"]["norm"], "eps": eps, **worst})
     return sorted(out, key=lambda r: (r["model"] != "model", r["model"], r["eps"]))
+
+
+def _certified_label(target: str, results: dict[str, Any], audited: str) -> str:
+    if target == "model":
+        return audited
+    r = results[target]
+    if target == DENOISED:
+        return f"denoised smoothing sigma={r['sigma']:g} (denoiser in front of the frozen model)"
+    how = "fine-tuning" if r.get("training") == "fine-tune" else "certified training"
+    return f"{r['defense']} sigma={r['sigma']:g} ({how})"
+
+
+def _certified_atlas(target: str, results: dict[str, Any]) -> list[str]:
+    if target in ("model", DENOISED):
+        return atlas_ids("randomized-smoothing")
+    return atlas_ids(results[target]["defense"])
 
 
 def _clean_accuracy(results: dict[str, Any]) -> float | None:

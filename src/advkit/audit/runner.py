@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from advkit.audit.config import AuditConfig, with_data_defaults
+from advkit.audit.config import AuditConfig, fine_tunes, with_data_defaults
 from advkit.audit.plan import Step, build_plan, closure, step_slug
 from advkit.audit.record import RunRecord
 from advkit.audit.steps import STEP_KINDS
@@ -125,8 +125,9 @@ class AuditRunner:
     # -- run ----------------------------------------------------------------------------
     def plan(self, config: AuditConfig | None = None) -> list[Step]:
         """The steps of ``config`` (default: the runner's) on the evaluation rows."""
+        config = config or self.config
         shards = SHARDS_PER_WORKER * self.executor.workers if self.executor.remote else 1
-        return build_plan(config or self.config, eval_rows=len(self.eval_data()), shards_per_step=shards)
+        return build_plan(config, eval_rows=len(self.eval_data()), shards_per_step=shards, fine_tune=fine_tunes(config, self.model().info.arch))
 
     def run(self) -> dict[str, Any]:
         """Execute (or resume) the plan; write and return ``report.json``'s content."""
@@ -191,15 +192,15 @@ class AuditRunner:
         return estimate_plan(plan, config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
 
     def _check_plan(self, plan: list[Step]) -> None:
-        """Sections that retrain need an architecture: say so before the first step runs."""
+        """Steps that retrain need an architecture: say so before the first step runs."""
         if self.model().info.arch:
             return
         for step in plan:
-            if STEP_KINDS[step.kind].needs_train:
+            if STEP_KINDS[step.kind].needs_train and step.inputs.get("training") == "retrain":
                 section = {"adversarial-training": "adversarial_training", "poisoning": "poisoning", "certified-training": "certification.training"}[step.kind]
                 raise AdvkitError(
-                    f"the '{section}' section retrains the model's architecture, but {self.config.model} does not name one "
-                    "(TorchScript/ONNX): remove that section from the config or give metadata with 'arch'"
+                    f"training: retrain: the '{section}' section retrains the model's architecture, but {self.config.model} does not name one "
+                    "(TorchScript/ONNX): set training: fine-tune (or auto) to fine-tune a copy of the model, or give metadata with 'arch'"
                 )
 
     def _hash_plan(self, plan: list[Step]) -> None:

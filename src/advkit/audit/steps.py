@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from advkit.audit.config import PoisoningConfig
-from advkit.audit.plan import MASKING_ATTACK, scenario_trigger, step_slug, threat_for
+from advkit.audit.plan import MASKING_ATTACK, scenario_of, scenario_trigger, step_slug, threat_for
 from advkit.audit.workspace import StepContext
 from advkit.core import ModelHandle, ModelInfo
+from advkit.data import Dataset
 from advkit.errors import AdvkitError
 from advkit.fileio import save_arrays
 from advkit.registry import build_evasion
@@ -174,34 +174,59 @@ def _trainable(ctx: StepContext, purpose: str) -> tuple[str, ModelInfo]:
     if not info.arch:
         raise AdvkitError(
             f"{purpose} retrains the model's architecture, but {ctx.env.config.model} does not name one "
-            "(TorchScript/ONNX): remove that section from the config or give metadata with 'arch'"
+            "(TorchScript/ONNX): set training: fine-tune (or auto) in the config, or give metadata with 'arch'"
         )
     return info.arch, info
 
 
-def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str, epochs: int | None, metadata: dict[str, Any], name: str, **recipe: Any) -> dict[str, Any]:
-    """Train a fresh copy of the audited architecture with the recipe ``advkit train`` uses; save it."""
-    from advkit.models import save_model
-    from advkit.models.recipes import train_recipe
+def _fine_tuning(ctx: StepContext) -> bool:
+    return ctx.step.inputs.get("training") == "fine-tune"
 
-    arch, info = _trainable(ctx, metadata.get("objective", "training"))
-    trained = train_recipe(
-        arch, info, x, y, defense=defense, epochs=epochs, seed=ctx.env.config.seed, device=ctx.env.model().device, metadata=metadata, progress=ctx.env.progress, **recipe
-    )
+
+def _train_rows(ctx: StepContext) -> Dataset:
+    """The defender's training rows: the train split, its first ``fine_tune.rows`` when fine-tuning."""
+    train = ctx.env.train_data()
+    return train.head(ctx.env.config.fine_tune.rows) if _fine_tuning(ctx) else train
+
+
+def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str, epochs: int | None, metadata: dict[str, Any], name: str, **recipe: Any) -> dict[str, Any]:
+    """Make a trained model and save it: a fresh copy of the audited architecture trained
+    with the recipe ``advkit train`` uses, or (``training: fine-tune``) a fine-tuned copy
+    of the audited model itself (:mod:`advkit.models.finetune`)."""
+    from advkit.models import save_model
+
     path = ctx.artifact(f"{name}.safetensors")
-    save_model(trained.handle, path)
+    if _fine_tuning(ctx):
+        from advkit.models.finetune import fine_tune, save_fine_tuned
+
+        ft = ctx.env.config.fine_tune
+        trained = fine_tune(
+            ctx.env.model(), x, y, defense=defense, epochs=ft.epochs, lr=ft.lr, seed=ctx.env.config.seed, metadata=metadata, progress=ctx.env.progress, **recipe
+        )
+        save_fine_tuned(trained.handle, path)
+        how = {"training": "fine-tune", "epochs": ft.epochs, "train_rows_used": int(y.shape[0])}
+    else:
+        from advkit.models.recipes import train_recipe
+
+        arch, info = _trainable(ctx, metadata.get("objective", "training"))
+        trained = train_recipe(
+            arch, info, x, y, defense=defense, epochs=epochs, seed=ctx.env.config.seed, device=ctx.env.model().device, metadata=metadata, progress=ctx.env.progress, **recipe
+        )
+        save_model(trained.handle, path)
+        how = {"training": "retrain", "epochs": trained.report.epochs, "train_rows_used": int(y.shape[0])}
     data = ctx.env.eval_data()
-    return {"artifact": ctx.relative(path), "clean_accuracy": float((trained.handle.predict(data.x) == data.y).float().mean())}
+    return {"artifact": ctx.relative(path), "clean_accuracy": float((trained.handle.predict(data.x) == data.y).float().mean()), **how}
 
 
 def adversarial_training(ctx: StepContext) -> dict[str, Any]:
     """Train a hardened copy of the audited architecture on the train split."""
     cfg = ctx.env.config.adversarial_training
     assert cfg is not None
-    train = ctx.env.train_data()
+    train = _train_rows(ctx)
     metadata = {"objective": cfg.defense, "eps": cfg.eps}
-    result = _train(ctx, train.x, train.y, cfg.defense, cfg.epochs, metadata, cfg.defense, eps=cfg.eps, norm=ctx.env.config.evasion.norm)
-    result.update({"defense": cfg.defense, "eps": cfg.eps, "epochs": cfg.epochs})
+    name = f"fine-tuned-{cfg.defense}" if _fine_tuning(ctx) else cfg.defense
+    result = _train(ctx, train.x, train.y, cfg.defense, cfg.epochs, metadata, name, eps=cfg.eps, norm=ctx.env.config.evasion.norm)
+    result.update({"defense": cfg.defense, "eps": cfg.eps})
     return result
 
 
@@ -209,10 +234,10 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
     """Poison the train split, train the architecture on it, measure the backdoor."""
     from advkit.attacks.poisoning import backdoor_success_rate
 
-    scenario = PoisoningConfig.model_validate(ctx.step.inputs)
+    scenario = scenario_of(ctx.step.inputs)
     attack = scenario_trigger(scenario)
-    train = ctx.env.train_data()
-    _, info = _trainable(ctx, "the poisoning scenario")
+    train = _train_rows(ctx)
+    info = ctx.env.model().info if _fine_tuning(ctx) else _trainable(ctx, "the poisoning scenario")[1]
     if scenario.target >= info.num_classes:
         raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
     poisoned = attack(train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
@@ -243,7 +268,7 @@ def backdoor_mitigation(ctx: StepContext) -> dict[str, Any]:
     inputs = ctx.step.inputs
     inspected = ctx.result(inputs["inspect"])
     poison = ctx.result(inputs["poison"])
-    scenario = PoisoningConfig.model_validate(ctx.env.plan_inputs(inputs["poison"]))
+    scenario = scenario_of(ctx.env.plan_inputs(inputs["poison"]))
     attack = scenario_trigger(scenario)
     if not inspected["flagged"]:
         return {"mitigation": inputs["mitigation"], "applied": False, "reason": "Neural Cleanse flagged no class, so there is no trigger to repair with"}
@@ -279,10 +304,11 @@ def certified_training(ctx: StepContext) -> dict[str, Any]:
     """Train a copy of the audited architecture with a certified-training objective."""
     cfg = ctx.env.config.certification
     assert cfg is not None and cfg.training is not None
-    train = ctx.env.train_data()
+    train = _train_rows(ctx)
     metadata = {"objective": cfg.training, "sigma": cfg.sigma}
-    result = _train(ctx, train.x, train.y, cfg.training, cfg.epochs, metadata, f"certified-{cfg.training}", sigma=cfg.sigma)
-    result.update({"defense": cfg.training, "sigma": cfg.sigma, "epochs": cfg.epochs})
+    name = f"fine-tuned-{cfg.training}" if _fine_tuning(ctx) else f"certified-{cfg.training}"
+    result = _train(ctx, train.x, train.y, cfg.training, cfg.epochs, metadata, name, sigma=cfg.sigma)
+    result.update({"defense": cfg.training, "sigma": cfg.sigma})
     return result
 
 

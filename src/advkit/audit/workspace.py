@@ -63,12 +63,25 @@ class Workspace:
         return self.trained_model_from(self.results[step_id]["artifact"])
 
     def trained_model_from(self, artifact: str) -> ModelHandle:
-        """A model saved under the run folder, loaded once per process (keyed by its bytes)."""
+        """A model saved under the run folder, loaded once per process (keyed by its bytes).
+
+        A fine-tuned copy's weights go into a fresh copy of the audited network
+        (:func:`advkit.models.finetune.load_fine_tuned`); other models load on their own.
+        """
+        from advkit.models.finetune import is_fine_tuned, load_fine_tuned, read_metadata
         from advkit.models.io import load_model
 
         path = self.run_dir / artifact
-        key = "artifact:" + hashlib.sha256(path.read_bytes()).hexdigest() + ":" + str(self.model().device)
-        return worker_cache(key, lambda: load_model(str(path), device=str(self.model().device)))
+        device = str(self.model().device)
+        key = "artifact:" + hashlib.sha256(path.read_bytes()).hexdigest() + ":" + device
+
+        def load() -> ModelHandle:
+            meta = read_metadata(path) if path.suffix == ".safetensors" else None
+            if meta is not None and is_fine_tuned(meta.get("extra") or {}):
+                return load_fine_tuned(self.model(), path, device=device)
+            return load_model(str(path), device=device)
+
+        return worker_cache(key, load)
 
 
 @dataclass

@@ -116,15 +116,18 @@ def seeded_split(data: Dataset, split: str, seed: int = 0, test_fraction: float 
         raise AdvkitError(f"--split must be train, test or all; got {split!r}")
     if split == "all":
         return data
-    index = np.arange(len(data))
-    labels = data.y.numpy()
-    _check_splittable(data, labels, test_fraction)
-    train_idx, test_idx = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=labels)
+    return data.subset(split_index(data.y.numpy(), split, seed, data.name, data.classes, test_fraction))
+
+
+def split_index(labels: np.ndarray, split: str, seed: int, name: str, classes: list[str], test_fraction: float = 0.25) -> np.ndarray:
+    """The row indices of ``split`` (``train``/``test``) in :func:`seeded_split`'s order, from the labels alone."""
+    _check_splittable(name, classes, labels, test_fraction)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
     # Shuffled order (not sorted): files sorted by class would make --limit N one class.
-    return data.subset(train_idx if split == "train" else test_idx)
+    return train_idx if split == "train" else test_idx
 
 
-def _check_splittable(data: Dataset, labels: np.ndarray, test_fraction: float) -> None:
+def _check_splittable(name: str, classes: list[str], labels: np.ndarray, test_fraction: float) -> None:
     """One line when the rows are too few for a stratified train/test split.
 
     Each class must appear in both parts, so it needs at least two rows, and each part
@@ -133,19 +136,19 @@ def _check_splittable(data: Dataset, labels: np.ndarray, test_fraction: float) -
     rows = len(labels)
     hint = "add rows, or use --split all to take every row unsplit"
     if rows < 2:
-        raise AdvkitError(f"{data.name}: {rows} row cannot be split into train and test; {hint}")
+        raise AdvkitError(f"{name}: {rows} row cannot be split into train and test; {hint}")
     present, counts = np.unique(labels, return_counts=True)
     if counts.min() < 2:
         lonely = present[counts < 2]
-        names = ", ".join(repr(data.classes[int(c)]) for c in lonely[:5]) + (" ..." if len(lonely) > 5 else "")
+        names = ", ".join(repr(classes[int(c)]) for c in lonely[:5]) + (" ..." if len(lonely) > 5 else "")
         raise AdvkitError(
-            f"{data.name}: {'class' if len(lonely) == 1 else 'classes'} {names} {'has' if len(lonely) == 1 else 'have'} a single row; a stratified train/test split needs at least 2 rows per class; {hint}"
+            f"{name}: {'class' if len(lonely) == 1 else 'classes'} {names} {'has' if len(lonely) == 1 else 'have'} a single row; a stratified train/test split needs at least 2 rows per class; {hint}"
         )
     n_test = int(np.ceil(test_fraction * rows))
     n_train = rows - n_test
     if min(n_test, n_train) < len(present):
         raise AdvkitError(
-            f"{data.name}: {rows} rows of {len(present)} classes are too few for a stratified split "
+            f"{name}: {rows} rows of {len(present)} classes are too few for a stratified split "
             f"({n_test} test and {n_train} train rows must each hold every class; needs about "
             f"{int(np.ceil(len(present) / min(test_fraction, 1 - test_fraction)))} rows); {hint}"
         )

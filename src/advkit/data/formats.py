@@ -197,19 +197,6 @@ def load_npz(path: Path, split: str, seed: int) -> Dataset:
     return seeded_split(data, split, seed)
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _split_dirs(folder: Path) -> tuple[Path, Path] | None:
-    """``train/`` and ``val/`` (or ``test/``) each holding class folders: the ImageNet layout."""
-    train = folder / "train"
-    test = next((folder / name for name in ("val", "test") if (folder / name).is_dir()), None)
-    if train.is_dir() and test is not None and _class_dirs(train) and _class_dirs(test):
-        return train, test
-    return None
-
-
 def resize_settings(image_size: int, crop_fraction: float) -> dict[str, Any]:
     """What resizing to ``image_size`` does, as recorded in :attr:`Dataset.preprocessing`."""
     return {
@@ -279,47 +266,6 @@ def _decode(path: Path, resize: tuple[int, int] | None) -> np.ndarray:
         raise AdvkitError(f"{path}: unreadable image ({' '.join(str(exc).split())[:200]})") from None
 
 
-def _read_images(
-    class_dirs: list[Path], names: list[str], image_size: int | None = None, crop_fraction: float = 0.875
-) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    """Every image under the class folders, labelled by its folder's index in ``names``.
-
-    Images are decoded (and resized, with ``image_size``) one at a time; only the
-    resulting arrays are kept.
-    """
-    files: list[Path] = []
-    labels: list[int] = []
-    for class_dir in class_dirs:
-        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise AdvkitError(f"{class_dir}: class folder has no images")
-        files += found
-        labels += [names.index(class_dir.name)] * len(found)
-    resize = None
-    if image_size is not None:
-        resize = (image_size, resize_settings(image_size, crop_fraction)["resize_shorter_side"])
-    arrays: list[np.ndarray] = []
-    for path in files:
-        arr = _decode(path, resize)
-        if arrays and arr.shape[:2] != arrays[0].shape[:2]:
-            (h, w), (h0, w0) = arr.shape[:2], arrays[0].shape[:2]
-            raise AdvkitError(
-                f"{path}: image size {w}x{h} differs from {w0}x{h0} of the others; pass --image-size S "
-                "(config: image_size) to resize and centre-crop every image to S x S"
-            )
-        arrays.append(arr)
-    gray = all(arr.ndim == 2 for arr in arrays)
-    if not gray:  # one colour image: every image becomes RGB, the grey value in each channel
-        arrays = [np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr for arr in arrays]
-    if any(arr.dtype != np.uint8 for arr in arrays):
-        arrays = [arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr for arr in arrays]
-    x = np.stack(arrays)
-    del arrays
-    if not gray:
-        x = x.transpose(0, 3, 1, 2)
-    return x, np.array(labels, dtype=np.int64), files
-
-
 def load_image_folder(
     folder: Path, split: str, seed: int, image_size: int | None = None, crop_fraction: float = 0.875
 ) -> Dataset:
@@ -330,37 +276,9 @@ def load_image_folder(
     (Pillow bilinear, antialiased) and centre-cropped to ``image_size`` squared, the
     torchvision/timm evaluation convention; ``Dataset.preprocessing`` records it.
     Greyscale images load as one channel when every image is greyscale, else as RGB with
-    the grey value in each channel; 16-bit greyscale keeps its full range.
+    the grey value in each channel; 16-bit greyscale keeps its full range. Only the
+    split's rows are decoded (:mod:`advkit.data.folder` lists them from the headers).
     """
-    preprocessing = resize_settings(image_size, crop_fraction) if image_size is not None else None
-    layout = _split_dirs(folder)
-    if layout is not None:
-        names = sorted({d.name for part in layout for d in _class_dirs(part)})
-        parts = {"train": [layout[0]], "test": [layout[1]], "all": list(layout)}.get(split)
-        if parts is None:
-            raise AdvkitError(f"--split must be train, test or all; got {split!r}")
-        read = [_read_images(_class_dirs(part), names, image_size, crop_fraction) for part in parts]
-        if len({r[0].shape[-2:] for r in read}) > 1:
-            (h, w), (h2, w2) = read[0][0].shape[-2:], read[1][0].shape[-2:]
-            raise AdvkitError(
-                f"{folder}: train images are {w}x{h}, val images {w2}x{h2}; pass --image-size S "
-                "(config: image_size) to resize and centre-crop every image to S x S"
-            )
-        if len({r[0].shape[1:] for r in read}) > 1:
-            raise AdvkitError(f"{folder}: train and val images differ in channels (one part is all greyscale)")
-        if len({r[0].dtype for r in read}) > 1:  # one part 8-bit, the other 16-bit grey
-            read = [(r[0].astype(np.float32) / 255.0 if r[0].dtype == np.uint8 else r[0], *r[1:]) for r in read]
-        x = np.concatenate([r[0] for r in read])
-        y = np.concatenate([r[1] for r in read])
-        files = [f for r in read for f in r[2]]
-        data = from_arrays(x, y, f"{folder.name}:{split}", names, files)
-        data.preprocessing = preprocessing
-        return data
-    class_dirs = _class_dirs(folder)
-    if not class_dirs:
-        raise AdvkitError(f"{folder}: not a known dataset layout (no IDX, CIFAR or class sub-folders)")
-    names = [d.name for d in class_dirs]
-    x, y, files = _read_images(class_dirs, names, image_size, crop_fraction)
-    data = from_arrays(x, y, folder.name, names, files)
-    data.preprocessing = preprocessing
-    return seeded_split(data, split, seed)
+    from advkit.data.folder import open_image_folder
+
+    return open_image_folder(folder, split, seed, image_size, crop_fraction).materialize()

@@ -61,12 +61,11 @@ def share_model(executor: Any, handle: ModelHandle) -> Any:
 
 def pack(handle: ModelHandle) -> PackedModel:
     """The handle's network and metadata as a payload (weights moved to the CPU)."""
+    from advkit.models.finetune import weights_digest
+
     net = handle.net
-    digest = hashlib.sha256()
     state = net.state_dict()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())  # any dtype
+    digest = hashlib.sha256(weights_digest(net).encode())
     if isinstance(net, torch.jit.ScriptModule):
         buffer = io.BytesIO()
         torch.jit.save(net, buffer)

@@ -116,8 +116,10 @@ def _trigger_success(model: ModelHandle, trigger: ReversedTrigger, x: Tensor, y:
 
 
 def _copy(model: ModelHandle) -> ModelHandle:
-    """An independent copy of the model (network and metadata)."""
-    return ModelHandle(copy.deepcopy(model.net), copy.deepcopy(model.info), device=model.device)
+    """An independent copy of the model (network and metadata); TorchScript through its own serialisation."""
+    from advkit.models.finetune import copy_network
+
+    return ModelHandle(copy_network(model.net), copy.deepcopy(model.info), device=model.device)
 
 
 @register(
