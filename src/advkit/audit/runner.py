@@ -33,7 +33,7 @@ from advkit.fileio import atomic_path, write_json
 Notify = Callable[[str], None]
 
 SHARDS_PER_WORKER = 8  # CERTIFY shards per worker: small enough that the last ones even out
-LONGEST_FIRST = {"adversarial-training": 4, "poisoning": 4, "certified-training": 4, "inspect": 3, "certification": 2, "backdoor-mitigation": 2}
+LONGEST_FIRST = {"adversarial-training": 4, "poisoning": 4, "certified-training": 4, "denoiser-training": 4, "inspect": 3, "certification": 2, "backdoor-mitigation": 2}
 
 
 class AuditRunner:

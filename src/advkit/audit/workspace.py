@@ -66,7 +66,9 @@ class Workspace:
         """A model saved under the run folder, loaded once per process (keyed by its bytes).
 
         A fine-tuned copy's weights go into a fresh copy of the audited network
-        (:func:`advkit.models.finetune.load_fine_tuned`); other models load on their own.
+        (:func:`advkit.models.finetune.load_fine_tuned`), a denoiser goes in front of the
+        audited model (:func:`advkit.certify.denoised.load_denoised`); other models load
+        on their own.
         """
         from advkit.models.finetune import is_fine_tuned, load_fine_tuned, read_metadata
         from advkit.models.io import load_model
@@ -76,7 +78,11 @@ class Workspace:
         key = "artifact:" + hashlib.sha256(path.read_bytes()).hexdigest() + ":" + device
 
         def load() -> ModelHandle:
+            from advkit.certify.denoised import is_denoiser, load_denoised
+
             meta = read_metadata(path) if path.suffix == ".safetensors" else None
+            if is_denoiser(meta):
+                return load_denoised(self.model(), path)
             if meta is not None and is_fine_tuned(meta.get("extra") or {}):
                 return load_fine_tuned(self.model(), path, device=device)
             return load_model(str(path), device=device)

@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -265,3 +266,48 @@ def train_denoiser(
             module.training = mode
     denoiser.eval()
     return DenoiserReport(denoiser, objective, epochs, losses, time.perf_counter() - start, float(sigma), warm, phases)
+
+
+DENOISES_KEY = "denoises"  # the SHA-256 of the frozen model's weights a saved denoiser was trained for
+
+
+def save_denoiser(denoiser: Denoiser, path: str | Path, model: ModelHandle, sigma: float) -> Path:
+    """The denoiser's weights as safetensors, with its settings, ``sigma`` and the frozen model's digest."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from advkit.fileio import atomic_path
+    from advkit.models.finetune import weights_digest
+    from advkit.models.io import META_KEY
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+    meta = {"denoiser": denoiser.settings(), "sigma": sigma, DENOISES_KEY: weights_digest(model.net)}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    return path
+
+
+def is_denoiser(meta: dict[str, Any] | None) -> bool:
+    return isinstance(meta, dict) and isinstance(meta.get("denoiser"), dict) and isinstance(meta.get(DENOISES_KEY), str)
+
+
+def load_denoised(model: ModelHandle, path: str | Path) -> ModelHandle:
+    """The frozen ``model`` behind the denoiser saved at ``path`` (which must have been trained for it)."""
+    from safetensors.torch import load_file
+
+    from advkit.models.finetune import read_metadata, weights_digest
+
+    meta = read_metadata(path)
+    if not is_denoiser(meta):
+        raise AdvkitError(f"{path}: not a saved denoiser (no denoiser settings in its metadata)")
+    assert meta is not None
+    if meta[DENOISES_KEY] != weights_digest(model.net):
+        raise AdvkitError(f"{path}: the denoiser was trained for another model than the one given (weights differ)")
+    denoiser = denoiser_from_settings(meta["denoiser"])
+    try:
+        denoiser.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:
+        raise AdvkitError(f"{path}: weights do not fit the denoiser's settings ({' '.join(str(exc).split())[:200]})") from None
+    return denoised_handle(model, denoiser)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
+from torch import Tensor
 import typer
 from rich.table import Table
 
@@ -20,7 +22,7 @@ from advkit.cli.common import (
     SplitOpt,
     command,
     err,
-    load_model_and_data,
+    load_model_and_rows,
     out,
     parse_floats,
     percent,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from advkit.attacks.evasion.base import EvasionAttack
     from advkit.core import AttackResult, ModelHandle
     from advkit.data import Dataset
+    from advkit.data.folder import FolderRows
     from advkit.registry import Entry
     from advkit.attacks.sanity import SanityReport
 
@@ -71,18 +74,19 @@ def attack(
     and only the rows still standing are attacked (``rows_attacked``, ``rows_carried``). Options an attack does not take (``--max-queries``
     for white-box attacks, ``--steps`` for FGSM) are passed only to the attacks that take them.
     """
-    from advkit.attacks.sanity import run_checks
-
     settings = {
         k: v for k, v in {"steps": steps, "restarts": restarts, "step_size": step_size, "loss": loss, "max_queries": max_queries}.items() if v is not None
     }
     entries, budgets, attack_objs = _build_attacks(names, eps, settings, norm, goal, knowledge, batch_size)
-    handle, dataset = load_model_and_data(model, data, split, limit, device, image_size=image_size)
-    x_rows, y_rows, targets = _attack_rows(handle, dataset, target, f"{data}:{split}")
-    model_checks = run_checks(handle, dataset.x, dataset.y) if checks else None
-    meta = {"model": model, "data": data, "split": split, "seed": seed, **preprocessing_of(dataset)}
-    results = _run_budgets(handle, entries, attack_objs, budgets, x_rows, y_rows, targets, model_checks, meta, seed, carry)
-    if model_checks is not None:
+    handle, rows = load_model_and_rows(model, data, split, limit, device, image_size=image_size)
+    if target is not None and not 0 <= target < handle.num_classes:
+        raise AdvkitError(f"--target {target} is outside the model's classes 0..{handle.num_classes - 1}")
+    meta = {"model": model, "data": data, "split": split, "seed": seed, **preprocessing_of(rows)}
+    chunks = _chunks(rows, batch_size, target)
+    results = _run_budgets(handle, entries, attack_objs, budgets, chunks, checks, meta, seed, carry)
+    if not results:
+        raise AdvkitError(f"--target {target}: every row of {data}:{split} already has that label; nothing to attack")
+    if checks:
         _print_unreliable(results)
     _print_attack_table(results)
     write_json_output(json_path, results[0] if len(results) == 1 else results)
@@ -108,18 +112,29 @@ def _build_attacks(
     return entries, budgets, attack_objs
 
 
-def _attack_rows(handle: ModelHandle, dataset: Dataset, target: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The rows to attack and their targets: with ``--target``, the rows not already of that class."""
-    targets = None
-    if target is not None:
-        if not 0 <= target < handle.num_classes:
-            raise AdvkitError(f"--target {target} is outside the model's classes 0..{handle.num_classes - 1}")
-        targets = torch.full_like(dataset.y, target)
-    rows = slice(None) if targets is None else dataset.y != target  # a row cannot move to its own class
-    x_rows, y_rows = dataset.x[rows], dataset.y[rows]
-    if x_rows.shape[0] == 0:
-        raise AdvkitError(f"--target {target}: every row of {where} already has that label; nothing to attack")
-    return x_rows, y_rows, targets[rows] if targets is not None else None
+def _chunks(rows: Dataset | FolderRows, batch_size: int, target: int | None) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+    """``(row ids, x, y, targets)`` to attack: all rows at once in memory, or batch by batch
+    from streamed data (:func:`advkit.data.streams`). With ``--target`` the rows already of
+    that class are left out (a row cannot move to its own class); ids count the rows attacked,
+    so a row's random draws are the same however the rows are chunked."""
+    from advkit.data import streams
+
+    source = rows.batches(batch_size) if streams(rows) else [(None, *_in_memory(rows))]
+    first = 0
+    for _, x, y in source:
+        keep = slice(None) if target is None else y != target
+        x, y = x[keep], y[keep]
+        ids = torch.arange(first, first + y.shape[0])
+        first += y.shape[0]
+        if y.shape[0]:
+            yield ids, x, y, None if target is None else torch.full_like(y, target)
+
+
+def _in_memory(rows: Dataset | FolderRows) -> tuple[Tensor, Tensor]:
+    from advkit.data import Dataset
+
+    data = rows if isinstance(rows, Dataset) else rows.materialize()
+    return data.x, data.y
 
 
 def _run_budgets(
@@ -127,35 +142,50 @@ def _run_budgets(
     entries: list[Entry],
     attack_objs: dict[tuple[str, float], EvasionAttack],
     budgets: list[float],
-    x_rows: torch.Tensor,
-    y_rows: torch.Tensor,
-    targets: torch.Tensor | None,
-    model_checks: SanityReport | None,
+    chunks: Iterable[tuple[Tensor, Tensor, Tensor, Tensor | None]],
+    checks: bool,
     meta: dict[str, Any],
     seed: int,
     carry: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every attack at every budget (increasing eps), plus a ``worst`` record per budget for several attacks."""
-    from advkit.attacks.evasion.sweep import carry_forward
+    """Every attack at every budget (increasing eps), plus a ``worst`` record per budget for several attacks.
+
+    Each chunk of rows goes through every attack and budget before the next chunk is read
+    (so a sweep carries its broken rows within the chunk); the chunks' results are joined
+    per attack and budget. The reliability checks run on the first chunk.
+    """
+    from advkit.attacks.evasion.sweep import carry_forward, concat_results
+    from advkit.attacks.sanity import SanityReport, check_eps_zero, run_checks
     from advkit.metrics import worst_of_results
-    from advkit.attacks.sanity import SanityReport, check_eps_zero
 
     progress = progress_callback(True)
+    parts: dict[tuple[str, float], list[AttackResult]] = {}
+    model_checks: SanityReport | None = None
+    eps_zero: dict[tuple[str, float], Any] = {}
+    for ids, x, y, targets in chunks:
+        if checks and model_checks is None:
+            model_checks = run_checks(handle, x, y)
+            eps_zero = {key: check_eps_zero(attack_obj, handle, x[:64], y[:64]) for key, attack_obj in attack_objs.items()}
+        for entry in entries:
+            previous: AttackResult | None = None
+            for budget in sorted(budgets):
+                generator = torch.Generator().manual_seed(seed)
+                result = carry_forward(attack_objs[(entry.name, budget)], handle, x, y, previous if carry else None, target=targets, generator=generator, progress=progress, rows=ids)
+                previous = result
+                parts.setdefault((entry.name, budget), []).append(result)
     results: list[dict[str, Any]] = []
-    previous: dict[str, AttackResult] = {}
+    if not parts:
+        return results
+    single = len(next(iter(parts.values()))) == 1
     for budget in sorted(budgets):
         at_budget: list[AttackResult] = []
         for entry in entries:
-            attack_obj = attack_objs[(entry.name, budget)]
-            eps_zero = check_eps_zero(attack_obj, handle, x_rows[:64], y_rows[:64]) if model_checks is not None else None
-            generator = torch.Generator().manual_seed(seed)
-            seed_result = previous.get(entry.name) if carry else None
-            result = carry_forward(attack_obj, handle, x_rows, y_rows, seed_result, target=targets, generator=generator, progress=progress)
-            previous[entry.name] = result
+            chunk_results = parts[(entry.name, budget)]
+            result = chunk_results[0] if single else concat_results(chunk_results)
             at_budget.append(result)
             record = {**result.to_dict(), **meta}
-            if model_checks is not None and eps_zero is not None:
-                record["sanity"] = SanityReport(model_checks.findings + [eps_zero]).to_dict()
+            if model_checks is not None:
+                record["sanity"] = SanityReport(model_checks.findings + [eps_zero[(entry.name, budget)]]).to_dict()
             results.append(record)
         if len(at_budget) > 1:
             results.append({**worst_of_results(at_budget), **meta})

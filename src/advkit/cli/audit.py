@@ -99,7 +99,10 @@ def _print_evasion_table(report: dict[str, Any]) -> None:
     table = Table(title="advkit audit: accuracy under attack (clean accuracy in the header)")
     table.add_column("attack")
     table.add_column("eps", justify="right")
-    for model in report["models"]:
+    from advkit.audit.render.html import attacked_models
+
+    models = attacked_models(report)
+    for model in models:
         table.add_column(f"{model['label']}\nclean {model['clean_accuracy']:.1%}", justify="right")
     cells = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
     cells.update({(w["model"], "worst case", w["eps"]): w for w in report.get("evasion_worst", [])})
@@ -107,7 +110,7 @@ def _print_evasion_table(report: dict[str, Any]) -> None:
     for attack in [*sorted({r["attack"] for r in report["evasion"]}), "worst case"]:
         for eps in budgets:
             row = [attack, f"{eps:g}"]
-            for model in report["models"]:
+            for model in models:
                 r = cells.get((model["id"], attack, eps))
                 row.append(f"{r['adversarial_accuracy']:.1%}" if r else "-")
             table.add_row(*row)

@@ -20,7 +20,7 @@ from advkit.errors import AdvkitError
 
 if TYPE_CHECKING:
     from advkit.core import ModelHandle
-    from advkit.data import Dataset
+    from advkit.data import Dataset, FolderRows
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -148,7 +148,23 @@ def load_model_and_data(
     return handle, dataset
 
 
-def preprocessing_of(dataset: Dataset) -> dict[str, Any]:
+def load_model_and_rows(
+    model: str, data: str, split: str, limit: int | None, device: str, *, image_size: int | None = None
+) -> tuple[ModelHandle, Dataset | FolderRows]:
+    """:func:`load_model_and_data` for a command that can stream: an image folder stays on disk
+    (:func:`advkit.data.open_rows`; only its headers and first row are read here)."""
+    from advkit.data import open_rows
+    from advkit.models.io import check_model_fits_data
+    from advkit.models.resolve import resolve
+
+    device = check_device(device)
+    rows = open_rows(data, split=split, limit=limit, image_size=image_size)
+    handle = resolve(model, device=device, sample_shape=rows.input_shape)
+    check_model_fits_data(handle, rows.input_shape, rows.num_classes, model, data)
+    return handle, rows
+
+
+def preprocessing_of(dataset: Dataset | FolderRows) -> dict[str, Any]:
     """``{"preprocessing": ...}`` for a ``--json`` record when the images were resized, else ``{}``.
 
     Data read as the files hold it adds no key, so such records stay as they were.

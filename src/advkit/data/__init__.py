@@ -6,6 +6,12 @@ image folder). Builtin, npz and folder data are split by a fixed seed (``split_s
 independent of the experiment seed, so the test split never overlaps training rows.
 ``image_size`` resizes and centre-crops an image folder's images (of any sizes) to one
 square size; arrays are never resized.
+
+``open_rows`` is the streaming entry point: an image folder comes back as
+:class:`~advkit.data.folder.FolderRows` (listed from the file headers, decoded batch by
+batch), any other data as the in-memory :class:`Dataset`. :func:`streams` says whether a
+command should read it batch by batch (decoded, it would take more than
+:data:`STREAM_ABOVE_BYTES`) or decode it whole: the pixels are the same either way.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import numpy as np
 
 from advkit.data.builtin import BUILTIN
 from advkit.data.dataset import Dataset, from_arrays, seeded_split
+from advkit.data.folder import FolderRows, open_image_folder
 from advkit.data.formats import (
     is_cifar_dir,
     is_idx_dir,
@@ -28,7 +35,37 @@ from advkit.data.formats import (
 )
 from advkit.errors import AdvkitError
 
-__all__ = ["Dataset", "from_arrays", "load_dataset", "read_idx", "seeded_split"]
+__all__ = ["Dataset", "FolderRows", "from_arrays", "load_dataset", "open_rows", "read_idx", "seeded_split", "streams"]
+
+STREAM_ABOVE_BYTES = 256 * 2**20
+"""Folders whose decoded rows would take more than this are read batch by batch."""
+
+
+def streams(rows: Dataset | FolderRows) -> bool:
+    """Whether ``rows`` are read batch by batch (a folder too large to decode whole), not held in memory."""
+    if not isinstance(rows, FolderRows):
+        return False
+    c, h, w = rows.input_shape
+    return len(rows) * c * h * w * 4 > STREAM_ABOVE_BYTES
+
+
+def open_rows(
+    spec: str,
+    split: str = "test",
+    limit: int | None = None,
+    split_seed: int = 0,
+    *,
+    image_size: int | None = None,
+    crop_fraction: float = 0.875,
+) -> Dataset | FolderRows:
+    """Like :func:`load_dataset`, but an image folder's rows stay on disk until read (``--limit``: only N of them)."""
+    if split not in ("train", "test", "all"):
+        raise AdvkitError(f"--split must be train, test or all; got {split!r}")
+    path = Path(spec)
+    if spec not in BUILTIN and path.is_dir() and not is_idx_dir(path) and not is_cifar_dir(path):
+        image_size, crop_fraction = _check_resize(image_size, crop_fraction)
+        return open_image_folder(path, split, split_seed, image_size, crop_fraction).head(limit)
+    return load_dataset(spec, split, limit, split_seed, image_size=image_size, crop_fraction=crop_fraction)
 
 
 def load_dataset(

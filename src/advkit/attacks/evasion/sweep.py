@@ -218,3 +218,63 @@ def load_rows(path: Path, attack: str, threat: Threat, y: Tensor, num_classes: i
         queries=arrays.get("queries"),
         clean_true_prob=arrays.get("clean_true_prob"),
     )
+
+
+def concat_results(parts: list[AttackResult], keep_examples: bool = False) -> AttackResult:
+    """One result of the same attack and budget run on consecutive chunks of rows (streamed data).
+
+    Every per-row field is concatenated in order; seconds, rows attacked and rows carried
+    add up. The adversarial inputs are kept only with ``keep_examples`` (a streamed run
+    holds one chunk's at a time); otherwise ``x_adv`` is empty.
+    """
+    if not parts:
+        raise AdvkitError("internal: no chunk results to join")
+    first = parts[0]
+
+    def cat(name: str) -> Tensor | None:
+        values = [getattr(p, name) for p in parts]
+        if any(v is None for v in values):
+            return None
+        return torch.cat([v.cpu() for v in values])
+
+    x_adv = torch.cat([p.x_adv.cpu() for p in parts]) if keep_examples else first.x_adv.new_empty((0, *first.x_adv.shape[1:])).cpu()
+    attacked = [p.n if p.rows_attacked is None else p.rows_attacked for p in parts]
+    return AttackResult(
+        attack=first.attack,
+        threat=first.threat,
+        x_adv=x_adv,
+        y=cat("y"),  # type: ignore[arg-type]
+        clean_pred=cat("clean_pred"),  # type: ignore[arg-type]
+        adv_pred=cat("adv_pred"),  # type: ignore[arg-type]
+        success=cat("success"),  # type: ignore[arg-type]
+        perturbation=cat("perturbation"),  # type: ignore[arg-type]
+        seconds=sum(p.seconds for p in parts),
+        num_classes=first.num_classes,
+        target=cat("target"),
+        queries=cat("queries"),
+        clean_true_prob=cat("clean_true_prob"),
+        adv_true_prob=cat("adv_true_prob"),
+        params=_joined_params(parts),
+        rows_attacked=None if all(p.rows_attacked is None for p in parts) else sum(attacked),
+        rows_carried=sum(p.rows_carried for p in parts),
+    )
+
+
+def _joined_params(parts: list[AttackResult]) -> dict[str, Any]:
+    """The first chunk's parameters, with AutoAttack's per-component ``breakdown`` summed over chunks."""
+    params = dict(parts[0].params)
+    if not all(isinstance(p.params.get("breakdown"), list) for p in parts):
+        return params
+    joined = []
+    for index, entry in enumerate(params["breakdown"]):
+        same = [p.params["breakdown"][index] for p in parts if index < len(p.params["breakdown"])]
+        merged = dict(entry)
+        for key in ("rows_attacked", "rows_broken", "seconds", "queries"):
+            if all(key in e for e in same):
+                merged[key] = sum(e[key] for e in same)
+        if all("robust_accuracy" in e for e in same):  # the share of every row still standing after this component
+            rows = [p.n for p in parts][: len(same)]
+            merged["robust_accuracy"] = sum(e["robust_accuracy"] * n for e, n in zip(same, rows, strict=True)) / max(1, sum(rows))
+        joined.append(merged)
+    params["breakdown"] = joined
+    return params

@@ -13,6 +13,12 @@ from advkit.audit.findings import SEVERITIES
 from advkit.audit.render.common import percent, shareable
 
 
+def attacked_models(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The models the evasion table has a column for: those attacked (a denoiser is only certified)."""
+    attacked = {r["model"] for r in report["evasion"]}
+    return [m for m in report["models"] if m["id"] in attacked]
+
+
 def render_html(report: dict[str, Any], run_dir: Path) -> str:
     """The self-contained HTML page (jinja2, autoescaped, plots inline); paths as :func:`shareable` shows them."""
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -44,5 +50,6 @@ def render_html(report: dict[str, Any], run_dir: Path) -> str:
     table = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
     worst = {(w["model"], w["eps"]): w for w in report.get("evasion_worst", [])}
     return template.render(
-        report=report, images=images, budgets=budgets, attacks=attacks, table=table, worst=worst, names=names, severities=SEVERITIES
+        report=report, images=images, budgets=budgets, attacks=attacks, table=table, worst=worst, names=names, severities=SEVERITIES,
+        attacked=attacked_models(report),
     )
