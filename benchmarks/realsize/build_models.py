@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="layout for training and evaluation (default channels_last: oneDNN's NHWC, faster at 128 px and up here)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None, help="start from the weights of a TorchScript file this script wrote (progressive resizing: train small, then fine-tune at full size)")
     p.add_argument(
         "--onnx-keep-bn",
         action="store_true",
@@ -281,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.data}: the images load as {train_set.input_shape[0]} channel(s); the ResNets take RGB")
 
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    model = ARCHS[args.arch](train_set.num_classes).to(memory_format=fmt)
+    model = ARCHS[args.arch](train_set.num_classes)
+    if args.init is not None:  # the scripted model's state dict has the eager model's keys
+        model.load_state_dict(torch.jit.load(str(args.init), map_location="cpu").state_dict())
+        print(f"initialised from {args.init}")
+    model = model.to(memory_format=fmt)
     params = sum(p.numel() for p in model.parameters())
     fit = train(model, train_set.x, train_set.y, args, fmt)
     t0 = time.perf_counter()

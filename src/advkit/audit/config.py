@@ -150,6 +150,9 @@ class AuditConfig(_Strict):
         description="how mitigated and poisoned models are made: retrain the architecture from scratch, or fine-tune a copy of the given model; auto: retrain when the model names an advkit architecture, else fine-tune",
     )
     fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
+    max_memory_gb: float | None = Field(
+        None, gt=0, description="peak-memory cap: batched steps split their batches to stay under it (default: ADVKIT_MAX_MEMORY_GB, else half the RAM)"
+    )
     evasion: EvasionConfig = Field(default_factory=EvasionConfig)
     adversarial_training: AdversarialTrainingConfig | None = Field(default_factory=AdversarialTrainingConfig)
     poisoning: list[PoisoningConfig] = Field(default_factory=lambda: [PoisoningConfig()])

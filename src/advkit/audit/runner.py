@@ -165,6 +165,10 @@ class AuditRunner:
         from advkit.audit.budget import fit_to_budget
         from advkit.audit.estimate import measure_floor
 
+        from advkit.core.memory import set_memory_cap
+
+        if self.config.max_memory_gb is not None:
+            set_memory_cap(self.config.max_memory_gb)
         self.model()  # fail early on a bad model or data, before anything is written
         self.config, self.defaults_applied = with_data_defaults(self.config, self.eval_data().input_shape[0])
         plan = self.plan()

@@ -82,8 +82,10 @@ def attack(
     if target is not None and not 0 <= target < handle.num_classes:
         raise AdvkitError(f"--target {target} is outside the model's classes 0..{handle.num_classes - 1}")
     meta = {"model": model, "data": data, "split": split, "seed": seed, **preprocessing_of(rows)}
+    from advkit.data import streams
+
     chunks = _chunks(rows, batch_size, target)
-    results = _run_budgets(handle, entries, attack_objs, budgets, chunks, checks, meta, seed, carry)
+    results = _run_budgets(handle, entries, attack_objs, budgets, chunks, checks, meta, seed, carry, stream=streams(rows))
     if not results:
         raise AdvkitError(f"--target {target}: every row of {data}:{split} already has that label; nothing to attack")
     if checks:
@@ -147,6 +149,7 @@ def _run_budgets(
     meta: dict[str, Any],
     seed: int,
     carry: bool = True,
+    stream: bool = False,
 ) -> list[dict[str, Any]]:
     """Every attack at every budget (increasing eps), plus a ``worst`` record per budget for several attacks.
 
@@ -162,17 +165,24 @@ def _run_budgets(
     parts: dict[tuple[str, float], list[AttackResult]] = {}
     model_checks: SanityReport | None = None
     eps_zero: dict[tuple[str, float], Any] = {}
-    for ids, x, y, targets in chunks:
+    streamed = stream
+    for index, (ids, x, y, targets) in enumerate(chunks):
+        streamed = streamed or index > 0
         if checks and model_checks is None:
             model_checks = run_checks(handle, x, y)
             eps_zero = {key: check_eps_zero(attack_obj, handle, x[:64], y[:64]) for key, attack_obj in attack_objs.items()}
         for entry in entries:
             previous: AttackResult | None = None
+            done: list[AttackResult] = []
             for budget in sorted(budgets):
                 generator = torch.Generator().manual_seed(seed)
                 result = carry_forward(attack_objs[(entry.name, budget)], handle, x, y, previous if carry else None, target=targets, generator=generator, progress=progress, rows=ids)
                 previous = result
+                done.append(result)
                 parts.setdefault((entry.name, budget), []).append(result)
+            if streamed:  # the chunk's examples are no longer needed: memory holds one chunk's at a time
+                for result in done:
+                    result.x_adv = result.x_adv[:0]
     results: list[dict[str, Any]] = []
     if not parts:
         return results

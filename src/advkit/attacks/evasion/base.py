@@ -37,6 +37,7 @@ from advkit.core import (
     check_images,
     check_labels,
 )
+from advkit.core.memory import rows_that_fit
 from advkit.errors import AdvkitError
 from advkit.attacks.evasion.row_random import RowRandom
 from advkit.attacks.evasion.verify import QueryLog, goal_reached, project
@@ -195,9 +196,11 @@ class EvasionAttack(ABC):
         targets = torch.empty_like(y) if threat.goal == "targeted" else None
         x_adv = torch.empty_like(x)
         queries = torch.zeros(x.shape[0], dtype=torch.long) if black_box else None
+        # the memory cap (core.memory) may split a white-box batch further; every draw is keyed by the row, so the numbers stay
+        batch_size = self.batch_size if black_box else rows_that_fit(handle, self.batch_size, what=self.name)
         with handle.eval_mode():
-            for first in range(0, x.shape[0], self.batch_size):
-                batch = slice(first, first + self.batch_size)
+            for first in range(0, x.shape[0], batch_size):
+                batch = slice(first, first + batch_size)
                 xb, yb = x[batch], y[batch]
                 if black_box:
                     with torch.inference_mode():
@@ -229,7 +232,7 @@ class EvasionAttack(ABC):
                     assert view.row_queries is not None
                     queries[batch] = view.row_queries.cpu()
                 if progress is not None:
-                    progress(self.name, min(first + self.batch_size, x.shape[0]), x.shape[0])
+                    progress(self.name, min(first + batch_size, x.shape[0]), x.shape[0])
             clean_success = goal_reached(clean_logits, y, targets, threat)
             if self.keep_clean_successes:  # each row counts its worst case: the clean input is a candidate too
                 x_adv[clean_success] = x[clean_success]

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from advkit.attacks.poisoning.backdoor import stamp
 from advkit.core import DetectionReport, ModelHandle, check_images
+from advkit.core.memory import rows_that_fit
 from advkit.errors import AdvkitError
 from advkit.registry import register
 
@@ -161,23 +162,32 @@ class NeuralCleanse:
                 success_sum = torch.zeros(active.numel(), device=device)
                 reg_sum = torch.zeros(active.numel(), device=device)
                 order = torch.randperm(n, generator=generator)
+                # under the memory cap (core.memory) the active classes go through the model in groups; the loss is a
+                # sum over classes, so the groups' gradients add up to the whole batch's
+                group = max(1, rows_that_fit(model, active.numel() * min(self.batch_size, n), what="neural-cleanse") // min(self.batch_size, n))
                 for first in range(0, n, self.batch_size):
                     xb = x[order[first : first + self.batch_size].to(device)]
                     b = xb.shape[0]
-                    mask = _from_tanh(mask_param[active.to(device)])
-                    pattern = lo + (hi - lo) * _from_tanh(pattern_param[active.to(device)])
-                    stamped = stamp(xb.unsqueeze(0), mask.unsqueeze(1), pattern.unsqueeze(1)).reshape(-1, channels, height, width)
-                    wanted = targets_all[active.to(device)].repeat_interleave(b)
-                    logits = view.logits(stamped)
-                    ce = F.cross_entropy(logits, wanted, reduction="none").view(-1, b).mean(1)
-                    reg = mask.abs().flatten(1).sum(1)
-                    loss = (ce + costs[active.to(device)] * reg).sum()
-                    grads = torch.autograd.grad(loss, [mask_param, pattern_param])
-                    mask_param.grad, pattern_param.grad = grads
+                    mask_grad, pattern_grad = torch.zeros_like(mask_param), torch.zeros_like(pattern_param)
+                    for start in range(0, active.numel(), group):
+                        part = active[start : start + group].to(device)
+                        mask = _from_tanh(mask_param[part])
+                        pattern = lo + (hi - lo) * _from_tanh(pattern_param[part])
+                        stamped = stamp(xb.unsqueeze(0), mask.unsqueeze(1), pattern.unsqueeze(1)).reshape(-1, channels, height, width)
+                        wanted = targets_all[part].repeat_interleave(b)
+                        logits = view.logits(stamped)
+                        ce = F.cross_entropy(logits, wanted, reduction="none").view(-1, b).mean(1)
+                        reg = mask.abs().flatten(1).sum(1)
+                        loss = (ce + costs[part] * reg).sum()
+                        grads = torch.autograd.grad(loss, [mask_param, pattern_param])
+                        mask_grad += grads[0]
+                        pattern_grad += grads[1]
+                        with torch.no_grad():
+                            success_sum[start : start + group] += (logits.argmax(1) == wanted).view(-1, b).float().sum(1)
+                            reg_sum[start : start + group] += reg.detach() * b
+                        del logits, stamped, loss
+                    mask_param.grad, pattern_param.grad = mask_grad, pattern_grad
                     optimizer.step()
-                    with torch.no_grad():
-                        success_sum += (logits.argmax(1) == wanted).view(-1, b).float().sum(1)
-                        reg_sum += reg.detach() * b
                 with torch.no_grad():  # classes that stopped keep their parameters
                     keep = torch.ones(count, dtype=torch.bool)
                     keep[active] = False
