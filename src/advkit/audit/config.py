@@ -150,6 +150,10 @@ class AuditConfig(_Strict):
         description="how mitigated and poisoned models are made: retrain the architecture from scratch, or fine-tune a copy of the given model; auto: retrain when the model names an advkit architecture, else fine-tune",
     )
     fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
+    device: str = Field("cpu", description="where every step runs: cpu, cuda, cuda:N (--device overrides it)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision of the attacks' and the trainings' passes; every verdict is re-checked in float32"
+    )
     max_memory_gb: float | None = Field(
         None, gt=0, description="peak-memory cap: batched steps split their batches to stay under it (default: ADVKIT_MAX_MEMORY_GB, else half the RAM)"
     )

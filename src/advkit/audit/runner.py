@@ -82,8 +82,11 @@ class AuditRunner:
             from advkit.models.io import check_model_fits_data
             from advkit.models.resolve import resolve
 
+            from advkit.cli.common import check_device
+
             data = self.eval_data()
-            self._model = resolve(self.config.model, sample_shape=data.input_shape)
+            self._model = resolve(self.config.model, sample_shape=data.input_shape, device=check_device(self.config.device))
+            self._model.precision = self.config.precision
             check_model_fits_data(self._model, data.input_shape, data.num_classes, self.config.model, self.config.data)
         return self._model
 

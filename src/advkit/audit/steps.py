@@ -201,7 +201,8 @@ def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str, epo
 
         ft = ctx.env.config.fine_tune
         trained = fine_tune(
-            ctx.env.model(), x, y, defense=defense, epochs=ft.epochs, lr=ft.lr, seed=ctx.env.config.seed, metadata=metadata, progress=ctx.env.progress, **recipe
+            ctx.env.model(), x, y, defense=defense, epochs=ft.epochs, lr=ft.lr, seed=ctx.env.config.seed, metadata=metadata,
+            precision=ctx.env.config.precision, progress=ctx.env.progress, **recipe
         )
         save_fine_tuned(trained.handle, path)
         how = {"training": "fine-tune", "epochs": ft.epochs, "train_rows_used": int(y.shape[0])}
@@ -210,7 +211,8 @@ def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str, epo
 
         arch, info = _trainable(ctx, metadata.get("objective", "training"))
         trained = train_recipe(
-            arch, info, x, y, defense=defense, epochs=epochs, seed=ctx.env.config.seed, device=ctx.env.model().device, metadata=metadata, progress=ctx.env.progress, **recipe
+            arch, info, x, y, defense=defense, epochs=epochs, seed=ctx.env.config.seed, device=ctx.env.model().device, metadata=metadata,
+            precision=ctx.env.config.precision, progress=ctx.env.progress, **recipe
         )
         save_model(trained.handle, path)
         how = {"training": "retrain", "epochs": trained.report.epochs, "train_rows_used": int(y.shape[0])}

@@ -41,8 +41,10 @@ class Workspace:
     _models: dict[str, ModelHandle] = field(default_factory=dict)
 
     def model(self) -> ModelHandle:
-        """The audited model."""
-        return self.model_source.unpack()
+        """The audited model (on the config's device, attacked at its precision)."""
+        handle = self.model_source.unpack(self.config.device) if self.model_source.remote_copy else self.model_source.unpack()
+        handle.precision = self.config.precision
+        return handle
 
     def eval_data(self) -> Dataset:
         return self.eval_rows
@@ -87,7 +89,9 @@ class Workspace:
                 return load_fine_tuned(self.model(), path, device=device)
             return load_model(str(path), device=device)
 
-        return worker_cache(key, load)
+        handle = worker_cache(key, load)
+        handle.precision = self.config.precision
+        return handle
 
 
 @dataclass

@@ -14,6 +14,8 @@ from advkit.cli.common import (
     BatchOpt,
     DataOpt,
     DeviceOpt,
+    PrecisionOpt,
+    check_precision,
     ImageSizeOpt,
     JsonOpt,
     LimitOpt,
@@ -62,6 +64,7 @@ def attack(
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 500,
     device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
     checks: Annotated[bool, typer.Option("--checks/--no-checks", help="run the reliability checks first")] = True,
     carry: Annotated[bool, typer.Option("--carry/--no-carry", help="several eps: attack at each eps only the rows still standing (default); --no-carry runs each eps on every row")] = True,
     json_path: JsonOpt = None,
@@ -78,10 +81,12 @@ def attack(
         k: v for k, v in {"steps": steps, "restarts": restarts, "step_size": step_size, "loss": loss, "max_queries": max_queries}.items() if v is not None
     }
     entries, budgets, attack_objs = _build_attacks(names, eps, settings, norm, goal, knowledge, batch_size)
+    precision = check_precision(precision)
     handle, rows = load_model_and_rows(model, data, split, limit, device, image_size=image_size)
+    handle.precision = precision
     if target is not None and not 0 <= target < handle.num_classes:
         raise AdvkitError(f"--target {target} is outside the model's classes 0..{handle.num_classes - 1}")
-    meta = {"model": model, "data": data, "split": split, "seed": seed, **preprocessing_of(rows)}
+    meta = {"model": model, "data": data, "split": split, "seed": seed, **preprocessing_of(rows), **({"precision": precision} if precision != "fp32" else {})}
     from advkit.data import streams
 
     chunks = _chunks(rows, batch_size, target)

@@ -35,6 +35,8 @@ def audit(
     print_config: Annotated[bool, typer.Option("--print-config", help="print the default config and exit")] = False,
     estimate: Annotated[bool, typer.Option("--estimate", help="time one forward+backward batch, print every step's estimated cost and exit")] = False,
     budget: Annotated[float | None, typer.Option("--budget", help="minutes: cut rows, restarts, epochs and samples (in that order) until the estimate fits")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N (default: the config's device)")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32|bf16|fp16: autocast for attacks and training, verdicts in fp32 (default: the config's)")] = None,
 ) -> None:
     """Attack, mitigate, attack again; write report.json and report.html in the run directory."""
     from advkit.audit.config import default_yaml, load_config
@@ -47,6 +49,7 @@ def audit(
         return
     check_executor_options(executor, address, workers, threads)
     cfg = load_config(config)
+    cfg = _with_overrides(cfg, device, precision)
     if budget is not None and not budget > 0:
         raise AdvkitError(f"--budget must be a positive number of minutes; got {budget:g}")
     if estimate:
@@ -61,6 +64,18 @@ def audit(
     html = write_views(out_dir, report, ("html",))[0]
     _print_audit_summary(report)
     out.print(f"report: {html}")
+
+
+def _with_overrides(cfg: Any, device: str | None, precision: str | None) -> Any:
+    """The config with ``--device`` and ``--precision`` applied (checked before any work)."""
+    from advkit.cli.common import check_device, check_precision
+
+    update: dict[str, Any] = {}
+    if device is not None:
+        update["device"] = check_device(device)
+    if precision is not None:
+        update["precision"] = check_precision(precision)
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def _print_estimate(runner: Any) -> None:

@@ -122,6 +122,18 @@ def check_device(name: str) -> str:
     return name
 
 
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32|bf16|fp16: autocast for the attacks' passes; every verdict is re-checked in fp32")]
+
+
+def check_precision(name: str) -> str:
+    """``--precision``: fp32, bf16 or fp16."""
+    from advkit.core.handle import PRECISIONS
+
+    if name not in PRECISIONS:
+        raise AdvkitError(f"--precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
+    return name
+
+
 def parse_floats(text: str, option: str) -> list[float]:
     """Numbers separated by commas (``--eps 0.1,0.3``); at least one."""
     try:

@@ -63,6 +63,9 @@ class ModelInfo:
         return list(self.classes) if self.classes else [str(i) for i in range(self.num_classes)]
 
 
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class ModelHandle:
     """A classifier as attacks and metrics see it.
 
@@ -71,7 +74,10 @@ class ModelHandle:
     query-counting face an attack works through.
     """
 
-    def __init__(self, net: nn.Module, info: ModelInfo, device: str | torch.device | None = None) -> None:
+    def __init__(self, net: nn.Module, info: ModelInfo, device: str | torch.device | None = None, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise AdvkitError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        self.precision = precision
         self.info = info
         self.device = torch.device(device) if device is not None else _module_device(net)
         self.network = NormalizedModel(net, info.mean, info.std).to(self.device)
@@ -125,17 +131,33 @@ class ModelHandle:
     def to_device(self, x: Tensor) -> Tensor:
         return x.to(self.device, non_blocking=True)
 
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Reduced precision (``precision`` bf16/fp16) for the attack's own passes; a no-op at fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
     def logits(self, x: Tensor) -> Tensor:
-        """Logits of a batch in eval mode; differentiable when grad mode is on."""
-        with self.eval_mode():
-            return self.network(self.to_device(x))
+        """Logits of a batch in eval mode; differentiable when grad mode is on.
+
+        These are the passes an attack computes its steps with: under a reduced
+        ``precision`` they run in autocast and come back as float32.
+        """
+        with self.eval_mode(), self.autocast():
+            out = self.network(self.to_device(x))
+        return out.float() if out.dtype != torch.float32 else out
 
     def predict_logits(self, x: Tensor, batch_size: int = 512) -> Tensor:
-        """Logits of any number of rows, batched, without gradients."""
+        """Logits of any number of rows, batched, without gradients, always in float32.
+
+        Every verdict (clean prediction, the adversarial example's prediction and success)
+        comes from here, so reduced precision can make an attack neither stronger nor weaker
+        than it is on the model in float32.
+        """
         outs = []
         with torch.inference_mode(), self.eval_mode():
             for start in range(0, x.shape[0], batch_size):
-                outs.append(self.network(self.to_device(x[start : start + batch_size])))
+                outs.append(self.network(self.to_device(x[start : start + batch_size])).float())
         if not outs:
             return torch.empty(0, self.num_classes, device=self.device)
         return torch.cat(outs)

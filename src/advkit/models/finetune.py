@@ -111,6 +111,7 @@ def fine_tune(
     batch_size: int = 64,
     seed: int = 0,
     metadata: dict[str, Any] | None = None,
+    precision: str = "fp32",
     progress: Progress | None = None,
 ) -> TrainedModel:
     """Fine-tune a copy of ``base`` on ``(x, y)`` with a defense objective; ``base`` is untouched.
@@ -136,7 +137,7 @@ def fine_tune(
                           "schedule": "one-cycle (15% warm-up, cosine decay)", "batchnorm": "frozen running statistics (eval mode)"}
     info = replace(base.info, extra=extra)
     handle = ModelHandle(net, info, device=base.device)
-    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, optimizer="sgd", momentum=0.9, weight_decay=FINE_TUNE_WEIGHT_DECAY, schedule="cosine")
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, optimizer="sgd", momentum=0.9, weight_decay=FINE_TUNE_WEIGHT_DECAY, schedule="cosine", precision=precision)
     objective = objective_for(defense, rows=int(x.shape[0]), epochs=epochs, eps=eps, norm=norm, sigma=sigma, batch_size=batch_size)
     if objective is not None and hasattr(objective, "bounds"):
         objective.bounds = base.bounds

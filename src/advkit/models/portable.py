@@ -29,6 +29,7 @@ class PackedModel:
     payload: Any  # bytes (torchscript) or an nn.Module on the CPU
     key: str
     nbytes: int
+    remote_copy = True  # unpacked on a worker: built on the device it is asked for
 
     def unpack(self, device: str | None = "cpu") -> ModelHandle:
         from advkit.engine import worker_cache
@@ -49,6 +50,7 @@ class ResidentModel:
 
     handle: ModelHandle
     nbytes: int = 0
+    remote_copy = False  # the driver's own handle, already on its device
 
     def unpack(self, device: str | None = None) -> ModelHandle:
         return self.handle

@@ -170,6 +170,7 @@ def train_recipe(
     device: str | torch.device = "cpu",
     metadata: dict[str, Any] | None = None,
     trained_on: str | None = None,
+    precision: str = "fp32",
     progress: Progress | None = None,
 ) -> TrainedModel:
     """Train a fresh ``arch`` network on ``(x, y)`` with a defense objective.
@@ -186,7 +187,7 @@ def train_recipe(
 
     epochs = zoo_epochs(arch) if epochs is None else epochs
     lr = zoo_lr(arch) if lr is None else lr
-    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, precision=precision)
     c, h, _ = like.input_shape
     net = build(arch, in_channels=c, num_classes=like.num_classes, image_size=h, seed=seed)
     extra = metadata if metadata is not None else training_metadata(defense, eps=eps, sigma=sigma, trained_on=trained_on)

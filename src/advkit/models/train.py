@@ -8,6 +8,7 @@ risk minimisation is :class:`CrossEntropy`; adversarial training (Madry 2018, Wo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "cosine"
     seed: int = 0
+    precision: str = "fp32"  # fp32, or bf16/fp16 autocast of the objective's passes (fp16 with a gradient scaler on CUDA)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0:
@@ -63,6 +65,8 @@ class TrainConfig:
             raise AdvkitError(f"optimizer must be adam or sgd; got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
             raise AdvkitError(f"schedule must be cosine or constant; got {self.schedule!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise AdvkitError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
 
 
 @dataclass
@@ -108,6 +112,9 @@ def fit(
         else None
     )
     generator = torch.Generator().manual_seed(config.seed)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 and device.type == "cuda" else None
     report = TrainReport(objective=getattr(objective, "name", type(objective).__name__), epochs=config.epochs, seconds=0.0)
     start = time.perf_counter()
     step = 0
@@ -118,10 +125,16 @@ def fit(
             idx = order[first : first + config.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
             network.train()
-            loss = objective(network, xb, yb, generator)
+            with autocast:
+                loss = objective(network, xb, yb, generator).float()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             if sched is not None:
                 sched.step()
             running += loss.detach() * yb.shape[0]

@@ -233,6 +233,8 @@ class EvasionAttack(ABC):
                     queries[batch] = view.row_queries.cpu()
                 if progress is not None:
                     progress(self.name, min(first + batch_size, x.shape[0]), x.shape[0])
+            if handle.precision != "fp32":  # the attack ran in reduced precision; every verdict is taken in float32
+                clean_logits = handle.predict_logits(x, self.batch_size)
             clean_success = goal_reached(clean_logits, y, targets, threat)
             if self.keep_clean_successes:  # each row counts its worst case: the clean input is a candidate too
                 x_adv[clean_success] = x[clean_success]
