@@ -178,6 +178,8 @@ def _build_fixtures(fx: Path) -> None:  # noqa: PLR0915 - one place that makes e
     _image_folder(fx / "oneimage", [4, 1], rng)
     sizes = _image_folder(fx / "sizes", [3, 3], rng)
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(sizes / "class1" / "odd.png")
+    empty = _image_folder(fx / "emptyclass", [3, 3], rng)
+    (empty / "class2").mkdir()  # a class folder with no images
 
     # audit configs and run directories
     (fx / "list.yaml").write_text("- fgsm\n- pgd\n")
@@ -221,6 +223,7 @@ class Case:
     process: bool = False  # run as a real ``python -m advkit.cli`` process
     outputs: bool = True  # add an existing --json (and train --out) target the case must not touch
     marks: tuple = field(default=())
+    env: dict = field(default_factory=dict)  # environment variables of the run
 
 
 M = "@good.safetensors"  # a model that fits the digits data
@@ -285,6 +288,8 @@ CASES = [
     Case("images-decompression-bomb-warning", ["attack", "fgsm", "--model", M, "--data", "@bombwarning"], "large.png: refused as a possible decompression bomb"),
     Case("images-class-with-one-image", ["attack", "fgsm", "--model", M, "--data", "@oneimage"], "class 'class1' has a single row"),
     Case("images-of-two-sizes", ["attack", "fgsm", "--model", M, "--data", "@sizes"], "differs from"),
+    Case("images-empty-class-folder", ["attack", "fgsm", "--model", M, "--data", "@emptyclass"], "class2: class folder has no images"),
+    Case("attack-over-the-memory-cap", ["attack", "pgd", "--model", M], "memory cap is free", env={"ADVKIT_MAX_MEMORY_GB": "0.00001"}),
     # --json
     Case("json-under-a-regular-file", ["attack", "fgsm", "--model", M, "--json", "@afile/out.json"], "is a file, not a directory", process=True),
     Case("json-under-proc", ["attack", "fgsm", "--model", M, "--json", "/proc/advkit-out.json"], "cannot write in /proc"),
@@ -423,6 +428,8 @@ def test_bad_input_ends_in_one_line(case: Case, fx: Path, tmp_path: Path, monkey
     (tmp_path / "model.safetensors").write_bytes(MODEL_BYTES)
     argv = _with_outputs(case, _resolve(case.argv, fx))
     before = _tree(tmp_path, fx)
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
 
     if case.process:
         code, stdout, stderr, caught = _run_process(argv, tmp_path)

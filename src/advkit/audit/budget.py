@@ -4,7 +4,9 @@ While the plan's estimate (:mod:`advkit.audit.estimate`, upper bounds) exceeds t
 budget, the next cut in this order is applied, each halving its setting down to a floor
 before the next one starts:
 
-1. rows: ``evasion.limit`` (down to 50 rows), then ``certification.limit`` (down to 20);
+1. rows: ``evasion.limit`` (down to 50 rows), ``certification.limit`` (down to 20),
+   ``backdoor_defense.limit`` (the rows Neural Cleanse optimises on, down to 50), then
+   ``fine_tune.rows`` (the rows every fine-tuning trains on, down to 100);
 2. restarts: ``evasion.restarts`` (down to 1);
 3. Neural Cleanse epochs: ``backdoor_defense.epochs`` (down to 5);
 4. certification samples: ``certification.n`` (down to 100, and ``n0`` with it);
@@ -28,6 +30,8 @@ from advkit.errors import AdvkitError
 CUT_ORDER: tuple[tuple[str, int], ...] = (
     ("evasion.limit", 50),
     ("certification.limit", 20),
+    ("backdoor_defense.limit", 50),
+    ("fine_tune.rows", 100),
     ("evasion.restarts", 1),
     ("backdoor_defense.epochs", 5),
     ("certification.n", 100),
@@ -44,12 +48,12 @@ def _get(config: AuditConfig, key: str) -> tuple[Any, Any]:
     return part, None if part is None else getattr(part, field)
 
 
-def _cut_once(config: AuditConfig, key: str, floor: int, rows: int) -> tuple[AuditConfig, int, int] | None:
+def _cut_once(config: AuditConfig, key: str, floor: int, rows: dict[str, int]) -> tuple[AuditConfig, int, int] | None:
     """``config`` with ``key`` halved (not below ``floor``), or None when it cannot shrink."""
     part, value = _get(config, key)
     if part is None:
         return None
-    current = rows if value is None and key.endswith(".limit") else value
+    current = rows.get(key) if value is None else value
     if current is None or current <= floor:
         return None
     new = max(floor, current // 2)
@@ -60,15 +64,21 @@ def _cut_once(config: AuditConfig, key: str, floor: int, rows: int) -> tuple[Aud
     return config.model_copy(update={section: part.model_copy(update=update)}), current, new
 
 
-def fit_to_budget(config: AuditConfig, estimate: Callable[[AuditConfig], float], seconds: float, rows: int) -> tuple[AuditConfig, list[dict[str, Any]]]:
-    """The config cut until ``estimate(config) <= seconds``, and the cuts made, in order."""
+def fit_to_budget(
+    config: AuditConfig, estimate: Callable[[AuditConfig], float], seconds: float, rows: int, train_rows: int = 0
+) -> tuple[AuditConfig, list[dict[str, Any]]]:
+    """The config cut until ``estimate(config) <= seconds``, and the cuts made, in order.
+
+    ``rows`` and ``train_rows`` are what an unset (``None``: every row) limit means.
+    """
+    counts = {"evasion.limit": rows, "certification.limit": rows, "backdoor_defense.limit": rows, "fine_tune.rows": train_rows}
     if not seconds > 0:
         raise AdvkitError(f"--budget must be a positive number of minutes; got {seconds / 60:g}")
     cuts: list[dict[str, Any]] = []
     total = estimate(config)
     for key, floor in CUT_ORDER:
         while total > seconds:
-            step = _cut_once(config, key, floor, rows)
+            step = _cut_once(config, key, floor, counts)
             if step is None:
                 break
             cut, before, after = step

@@ -99,6 +99,7 @@ class BackdoorDefenseConfig(_Strict):
 
     inspect: Literal["neural-cleanse"] = "neural-cleanse"
     epochs: int = Field(40, ge=1)
+    limit: int | None = Field(None, ge=1, description="optimise the triggers on the first N evaluation rows (default: all)")
     mitigations: list[Literal["nc-unlearn", "nc-prune"]] = Field(default_factory=lambda: ["nc-unlearn", "nc-prune"])
 
 

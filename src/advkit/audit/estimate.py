@@ -40,14 +40,26 @@ class Floor:
 
     backward: float
     forward: float
+    denoiser: float = 0.0  # forward+backward of the audit's denoiser per row (when the plan trains one)
 
     def to_dict(self) -> dict[str, float]:
-        return {"forward_backward_per_row": self.backward, "forward_per_row": self.forward}
+        out = {"forward_backward_per_row": self.backward, "forward_per_row": self.forward}
+        if self.denoiser:
+            out["denoiser_forward_backward_per_row"] = self.denoiser
+        return out
+
+
+WARMUP = 3  # TorchScript's profiling executor specialises a graph over its first calls (two by default)
 
 
 def measure_floor(model: ModelHandle, x: torch.Tensor, batch: int = 64, repeats: int = 3) -> Floor:
-    """Time one batch of ``x`` through ``model``: the best of ``repeats`` after a warm-up."""
-    xb = model.to_device(x[:batch])
+    """Time one batch of ``x`` through ``model``: the best of ``repeats`` after :data:`WARMUP` calls.
+
+    The batch is at most what the memory cap lets one forward+backward pass hold.
+    """
+    from advkit.core.memory import rows_that_fit
+
+    xb = model.to_device(x[: rows_that_fit(model, min(batch, x.shape[0]), what="timing the model")])
     yb = torch.zeros(xb.shape[0], dtype=torch.long, device=xb.device)
 
     def backward() -> None:
@@ -59,7 +71,8 @@ def measure_floor(model: ModelHandle, x: torch.Tensor, batch: int = 64, repeats:
             model.logits(xb)
 
     def best(fn: Any) -> float:
-        fn()
+        for _ in range(WARMUP):
+            fn()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -69,6 +82,28 @@ def measure_floor(model: ModelHandle, x: torch.Tensor, batch: int = 64, repeats:
 
     with model.eval_mode():
         return Floor(best(backward), best(forward))
+
+
+def measure_denoiser(floor: Floor, model: ModelHandle, x: torch.Tensor, depth: int, width: int, batch: int = 32) -> Floor:
+    """``floor`` with the per-row forward+backward time of a fresh denoiser of that size on ``x``."""
+    from dataclasses import replace
+
+    from advkit.certify.denoised import Denoiser
+
+    denoiser = Denoiser(model.input_shape[0], depth=depth, width=width).to(model.device)
+    xb = model.to_device(x[:batch])
+
+    def step() -> None:
+        denoiser(xb).square().mean().backward()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return replace(floor, denoiser=min(times) / max(xb.shape[0], 1))
 
 
 def _attack_units(name: str, rows: int, config: AuditConfig) -> tuple[float, float]:
@@ -94,7 +129,9 @@ def _attack_units(name: str, rows: int, config: AuditConfig) -> tuple[float, flo
     return rows * steps, rows
 
 
-def step_units(step: Step, config: AuditConfig, eval_rows: int, train_rows: int, classes: int, arch: str = "") -> tuple[float, float]:
+def step_units(
+    step: Step, config: AuditConfig, eval_rows: int, train_rows: int, classes: int, arch: str = "", floor: Floor | None = None
+) -> tuple[float, float]:
     """(forward+backward rows, forward rows) a step will spend, at most (``arch``: the audited model's)."""
     attack_rows = min(eval_rows, config.evasion.limit or eval_rows)
     kind = step.kind
@@ -105,7 +142,8 @@ def step_units(step: Step, config: AuditConfig, eval_rows: int, train_rows: int,
     if kind == "gradient-masking":
         return 2 * min(attack_rows, 256), 2 * min(attack_rows, 256)
     if kind == "inspect":
-        return step.inputs["epochs"] * classes * eval_rows * NC_ROWS, eval_rows
+        rows = min(eval_rows, step.inputs.get("limit") or eval_rows)
+        return step.inputs["epochs"] * classes * rows * NC_ROWS, eval_rows
     fine_tuning = step.inputs.get("training") == "fine-tune"
     if fine_tuning:  # a fine-tuning runs fine_tune.epochs on at most fine_tune.rows rows
         train_rows = min(train_rows, config.fine_tune.rows or train_rows)
@@ -126,10 +164,12 @@ def step_units(step: Step, config: AuditConfig, eval_rows: int, train_rows: int,
         extra = {"gaussian": 0, "smoothadv": 2, "macer": 1}[cert.training or "gaussian"]
         epochs = config.fine_tune.epochs if fine_tuning else cert.epochs
         return epochs * train_rows * (TRAIN_FACTOR + extra), eval_rows
-    if kind == "denoiser-training":  # the frozen model's backward pass for the denoiser's gradient, x 2 for the denoiser itself
+    if kind == "denoiser-training":  # each row: the frozen model's backward pass (for the denoiser's gradient) and the denoiser's own
         cert = config.certification
         assert cert is not None
-        return cert.denoiser_epochs * train_rows * 2 * TRAIN_FACTOR, eval_rows
+        rows = min(train_rows, config.fine_tune.rows or train_rows)
+        denoiser = floor.denoiser / floor.backward if floor is not None and floor.backward > 0 and floor.denoiser else 1.0
+        return cert.denoiser_epochs * rows * (1.0 + denoiser * TRAIN_FACTOR), eval_rows
     if kind == "certification":
         cert = config.certification
         assert cert is not None
@@ -146,6 +186,6 @@ def estimate_plan(
     """``[{step, kind, estimated_seconds}]`` in plan order."""
     out = []
     for step in plan:
-        backward, forward = step_units(step, config, eval_rows, train_rows, classes, arch)
+        backward, forward = step_units(step, config, eval_rows, train_rows, classes, arch, floor)
         out.append({"step": step.id, "kind": step.kind, "estimated_seconds": backward * floor.backward + forward * floor.forward})
     return out

@@ -52,7 +52,7 @@ def build_plan(config: AuditConfig, *, eval_rows: int, shards_per_step: int = 1,
     plan: list[Step] = [Step("provenance", "provenance", {})]
     plan += evasion_steps(config, "model", ["provenance"])
     if config.backdoor_defense is not None:
-        plan.append(Step("inspect/model", "inspect", {"target": "model", "epochs": config.backdoor_defense.epochs}, ["provenance"]))
+        plan.append(Step("inspect/model", "inspect", _inspect_inputs(config, "model"), ["provenance"]))
     if config.adversarial_training is not None:
         at = config.adversarial_training
         trained = f"{'fine-tuned' if fine_tune else 'train'}/{at.defense}"
@@ -75,6 +75,16 @@ def build_plan(config: AuditConfig, *, eval_rows: int, shards_per_step: int = 1,
             plan.append(Step(DENOISED, "denoiser-training", settings, ["provenance"]))
             plan.append(Step(f"certify/{DENOISED}", "certification", {"target": DENOISED, **settings}, [DENOISED], shards))
     return plan
+
+
+def _inspect_inputs(config: AuditConfig, target: str) -> dict[str, Any]:
+    """Neural Cleanse on ``target``: its epochs, and its rows when limited (kept out of the inputs, and the hash, when not)."""
+    defense = config.backdoor_defense
+    assert defense is not None
+    inputs: dict[str, Any] = {"target": target, "epochs": defense.epochs}
+    if defense.limit is not None:
+        inputs["limit"] = defense.limit
+    return inputs
 
 
 def _training_inputs(config: AuditConfig, fine_tune: bool) -> dict[str, Any]:
@@ -113,7 +123,7 @@ def poisoning_steps(config: AuditConfig, name: str, scenario: PoisoningConfig, h
     defense = config.backdoor_defense
     if defense is None:
         return steps
-    steps.append(Step(f"inspect/{name}", "inspect", {"target": f"poison/{name}", "epochs": defense.epochs}, [f"poison/{name}"]))
+    steps.append(Step(f"inspect/{name}", "inspect", _inspect_inputs(config, f"poison/{name}"), [f"poison/{name}"]))
     for mitigation in defense.mitigations:
         inputs = {"mitigation": mitigation, "poison": f"poison/{name}", "inspect": f"inspect/{name}"}
         steps.append(Step(f"mitigate/{name}/{mitigation}", "backdoor-mitigation", inputs, [f"poison/{name}", f"inspect/{name}"]))

@@ -177,12 +177,18 @@ class AuditRunner:
         plan = self.plan()
         self._check_plan(plan)
         self.floor = measure_floor(self.model(), self.eval_data().x)
+        if any(step.kind == "denoiser-training" for step in plan):
+            from advkit.audit.estimate import measure_denoiser
+            from advkit.audit.training_steps import DENOISER_DEPTH, DENOISER_WIDTH
+
+            self.floor = measure_denoiser(self.floor, self.model(), self.eval_data().x, DENOISER_DEPTH, DENOISER_WIDTH)
         if self.budget_minutes is not None:
 
             def total(config: AuditConfig) -> float:
                 return sum(e["estimated_seconds"] for e in self._estimates(config, self.plan(config)))
 
-            self.config, self.cuts = fit_to_budget(self.config, total, self.budget_minutes * 60, len(self.eval_data()))
+            train_rows = len(self.train_data()) if any(STEP_KINDS[s.kind].needs_train for s in plan) else 0
+            self.config, self.cuts = fit_to_budget(self.config, total, self.budget_minutes * 60, len(self.eval_data()), train_rows)
             for cut in self.cuts:
                 self.notify(f"--budget: {cut['key']} {cut['from']} -> {cut['to']} (estimate {cut['estimated_seconds']:.0f}s)")
             plan = self.plan()

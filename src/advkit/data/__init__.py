@@ -22,13 +22,12 @@ import numpy as np
 
 from advkit.data.builtin import BUILTIN
 from advkit.data.dataset import Dataset, from_arrays, seeded_split
-from advkit.data.folder import FolderRows, open_image_folder
+from advkit.data.folder import FolderRows, load_image_folder, open_image_folder
 from advkit.data.formats import (
     is_cifar_dir,
     is_idx_dir,
     load_cifar_dir,
     load_idx_dir,
-    load_image_folder,
     load_npz,
     read_idx,
     resize_settings,

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from advkit.data.dataset import Dataset, split_index
+from advkit.data.formats import GREY_MODES, IMAGE_SUFFIXES, _decode, resize_settings
 from advkit.errors import AdvkitError
 
 ERROR = "__advkit_error__"
@@ -52,8 +53,6 @@ def split_dirs(folder: Path) -> tuple[Path, Path] | None:
 
 def _list_images(dirs: list[Path], names: list[str]) -> tuple[list[Path], list[int]]:
     """Every image file under the class folders (sorted), labelled by its folder's index in ``names``."""
-    from advkit.data.formats import IMAGE_SUFFIXES
-
     files: list[Path] = []
     labels: list[int] = []
     for class_dir in dirs:
@@ -122,8 +121,6 @@ class FolderRows:
 
     def decode_row(self, index: int) -> Tensor:
         """Row ``index`` as float32 ``[C, H, W]`` in ``[0, 1]``; a bad file is one line naming it."""
-        from advkit.data.formats import _decode
-
         path = self.files[index]
         arr = _decode(path, self.resize)
         if arr.dtype == np.uint8:
@@ -219,8 +216,6 @@ def open_image_folder(
     folder of mixed sizes fails before any work); with it, images are resized and cropped
     as :mod:`advkit.data.formats` describes.
     """
-    from advkit.data.formats import GREY_MODES, resize_settings
-
     preprocessing = resize_settings(image_size, crop_fraction) if image_size is not None else None
     resize = (image_size, preprocessing["resize_shorter_side"]) if image_size is not None and preprocessing else None
     layout = split_dirs(folder)
@@ -271,3 +266,19 @@ def _check_one_size(files: list[Path], headers: dict[Path, tuple[str, tuple[int,
                 f"{path}: image size {w}x{h} differs from {w0}x{h0} of the others; pass --image-size S "
                 "(config: image_size) to resize and centre-crop every image to S x S"
             )
+
+
+def load_image_folder(
+    folder: Path, split: str, seed: int, image_size: int | None = None, crop_fraction: float = 0.875
+) -> Dataset:
+    """One sub-folder per class (sorted names), split by seed; or ``train/`` and ``val/`` each holding them.
+
+    Without ``image_size`` nothing is resized and all images must share one size. With
+    it, every image is resized so its shorter side is ``round(image_size / crop_fraction)``
+    (Pillow bilinear, antialiased) and centre-cropped to ``image_size`` squared, the
+    torchvision/timm evaluation convention; ``Dataset.preprocessing`` records it.
+    Greyscale images load as one channel when every image is greyscale, else as RGB with
+    the grey value in each channel; 16-bit greyscale keeps its full range. Only the
+    split's rows are decoded.
+    """
+    return open_image_folder(folder, split, seed, image_size, crop_fraction).materialize()

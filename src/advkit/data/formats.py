@@ -264,21 +264,3 @@ def _decode(path: Path, resize: tuple[int, int] | None) -> np.ndarray:
         raise AdvkitError(f"{path}: refused as a possible decompression bomb ({' '.join(str(exc).split())})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise AdvkitError(f"{path}: unreadable image ({' '.join(str(exc).split())[:200]})") from None
-
-
-def load_image_folder(
-    folder: Path, split: str, seed: int, image_size: int | None = None, crop_fraction: float = 0.875
-) -> Dataset:
-    """One sub-folder per class (sorted names), split by seed; or ``train/`` and ``val/`` each holding them.
-
-    Without ``image_size`` nothing is resized and all images must share one size. With
-    it, every image is resized so its shorter side is ``round(image_size / crop_fraction)``
-    (Pillow bilinear, antialiased) and centre-cropped to ``image_size`` squared, the
-    torchvision/timm evaluation convention; ``Dataset.preprocessing`` records it.
-    Greyscale images load as one channel when every image is greyscale, else as RGB with
-    the grey value in each channel; 16-bit greyscale keeps its full range. Only the
-    split's rows are decoded (:mod:`advkit.data.folder` lists them from the headers).
-    """
-    from advkit.data.folder import open_image_folder
-
-    return open_image_folder(folder, split, seed, image_size, crop_fraction).materialize()
