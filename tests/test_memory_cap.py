@@ -42,7 +42,7 @@ def test_a_capped_attack_splits_its_batch_and_keeps_its_numbers(digits_model, di
 def test_neural_cleanse_groups_its_classes_under_the_cap(digits_model, digits_test, capped):
     from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse
 
-    x, y = digits_test.x[:64], digits_test.y[:64]
+    x = digits_test.x[:64]
     free = NeuralCleanse(epochs=2, batch_size=16).reverse(digits_model, x, generator=torch.Generator().manual_seed(0))
     capped(digits_model, 16 * 3)  # three classes of 16 rows at a time
     tight = NeuralCleanse(epochs=2, batch_size=16).reverse(digits_model, x, generator=torch.Generator().manual_seed(0))

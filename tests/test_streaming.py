@@ -86,3 +86,22 @@ def test_a_corrupt_file_met_while_streaming_is_one_line(digit_folder, tmp_path, 
         for _ in rows.batches(32, workers=1):
             pass
     assert "\n" not in str(info.value)
+
+
+def test_streamed_certify_equals_in_memory(digit_folder, tmp_path, monkeypatch):
+    import advkit.cli.certify as certify_cli
+
+    args = ["certify", "--data", str(digit_folder), "--limit", "40", "--n0", "10", "--n", "100"]
+    records = []
+    for threshold, chunk in ((10**12, 256), (0, 16)):
+        monkeypatch.setattr(data_module, "STREAM_ABOVE_BYTES", threshold)
+        monkeypatch.setattr(certify_cli, "STREAM_CHUNK", chunk)
+        out = tmp_path / f"certify-{threshold}.json"
+        try:
+            main([*args, "--json", str(out)])
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        record = json.loads(out.read_text())
+        record.pop("seconds")
+        records.append(record)
+    assert records[0] == records[1] and records[0]["rows"] == 40 and records[0]["acr"] > 0

@@ -145,13 +145,23 @@ class Smoothed:
         return guess, self.sigma * float(norm.ppf(p_a))
 
     def certify_dataset(
-        self, x: Tensor, y: Tensor, n0: int, n: int, alpha: float, generator: torch.Generator | None = None, progress: Any = None, executor: Executor | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        generator: torch.Generator | None = None,
+        progress: Any = None,
+        executor: Executor | None = None,
+        first_row: int = 0,
     ) -> CertResult:
         """CERTIFY every row; returns predictions, radii and the metrics.
 
         Row ``i`` draws its noise from its own generator, seeded from one draw of
-        ``generator`` and ``i`` (:func:`advkit.engine.shard_seed`), so the numbers do not
-        depend on how the rows are split over an ``executor``'s workers.
+        ``generator`` and its id ``first_row + i`` (:func:`advkit.engine.shard_seed`), so
+        the numbers do not depend on how the rows are split over an ``executor``'s workers,
+        nor (``first_row``: where a chunk starts) on how streamed rows are chunked.
         """
         from advkit.engine import shard_seed
         from advkit.engine.local import LocalExecutor
@@ -166,7 +176,7 @@ class Smoothed:
         rows = x.shape[0]
         size = max(1, rows if not executor.remote else -(-rows // (4 * executor.workers)))
         shards = [(start, min(rows, start + size)) for start in range(0, rows, size)]
-        settings = {"sigma": self.sigma, "batch_size": self.batch_size, "n0": n0, "n": n, "alpha": alpha, "base": base}
+        settings = {"sigma": self.sigma, "batch_size": self.batch_size, "n0": n0, "n": n, "alpha": alpha, "base": base, "first_row": first_row}
         start = time.perf_counter()
         parts = executor.map(
             _certify_rows, shards, share_model(executor, self.model), executor.put(x.cpu()), settings, None if executor.remote else progress, label="certify rows"
@@ -178,12 +188,25 @@ class Smoothed:
         return CertResult(predictions, radii, y.cpu(), self.sigma, n, n0, alpha, time.perf_counter() - start)
 
 
+def join_results(parts: list[CertResult]) -> CertResult:
+    """One result of consecutive chunks of rows certified with the same settings (streamed data)."""
+    if not parts:
+        raise AdvkitError("internal: no certified chunks to join")
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return CertResult(
+        torch.cat([p.prediction for p in parts]), torch.cat([p.radius for p in parts]), torch.cat([p.y for p in parts]),
+        first.sigma, first.n, first.n0, first.alpha, sum(p.seconds for p in parts),
+    )
+
+
 def _certify_rows(shard: tuple[int, int], model: Any, x: Tensor, settings: dict[str, Any], progress: Any) -> tuple[Tensor, Tensor]:
     """One executor task of :meth:`Smoothed.certify_dataset`: CERTIFY rows ``shard[0]:shard[1]``."""
     from advkit.engine import shard_seed
 
     smoothed = Smoothed(model.unpack(), settings["sigma"], settings["batch_size"])
-    return certify_rows(smoothed, x, shard, settings["n0"], settings["n"], settings["alpha"], lambda i: shard_seed(settings["base"], i), progress)
+    return certify_rows(smoothed, x, shard, settings["n0"], settings["n"], settings["alpha"], lambda i: shard_seed(settings["base"], settings.get("first_row", 0) + i), progress)
 
 
 def certify_rows(

@@ -24,13 +24,16 @@ from advkit.cli.common import (
     WorkersOpt,
     check_executor_options,
     command,
-    load_model_and_data,
+    load_model_and_rows,
     out,
     preprocessing_of,
     progress_callback,
     write_json_output,
 )
 from advkit.errors import AdvkitError
+
+
+STREAM_CHUNK = 256  # rows certified at a time when the data is streamed
 
 
 @command()
@@ -59,14 +62,28 @@ def certify(
 
     _check_settings(sigma, alpha, n, n0, batch_size)
     check_executor_options(executor, address, workers, threads)
-    handle, dataset = load_model_and_data(model, data, split, limit, device, image_size=image_size)
+    from advkit.certify.smoothing import join_results
+    from advkit.data import Dataset, streams
+
+    handle, rows = load_model_and_rows(model, data, split, limit, device, image_size=image_size)
+    # a large image folder is certified chunk by chunk; every row keeps its own noise seed (its id)
+    if streams(rows):
+        chunks: Any = rows.batches(STREAM_CHUNK)
+    else:
+        whole = rows if isinstance(rows, Dataset) else rows.materialize()
+        chunks = [(None, whole.x, whole.y)]
+    parts, correct = [], 0
     with make_executor(executor, address=address, workers=workers, threads=threads) as engine:
-        result = Smoothed(handle, sigma, batch_size).certify_dataset(
-            dataset.x, dataset.y, n0, n, alpha, torch.Generator().manual_seed(seed), progress=progress_callback(True),
-            executor=engine,
-        )
-    clean_accuracy = float((handle.predict(dataset.x).cpu() == dataset.y).float().mean())
-    record = {"model": model, "data": data, **result.to_dict(), "clean_accuracy": clean_accuracy, "rows": len(dataset), **preprocessing_of(dataset)}
+        for ids, x, y in chunks:
+            parts.append(
+                Smoothed(handle, sigma, batch_size).certify_dataset(
+                    x, y, n0, n, alpha, torch.Generator().manual_seed(seed), progress=progress_callback(True),
+                    executor=engine, first_row=0 if ids is None else int(ids[0]),
+                )
+            )
+            correct += int((handle.predict(x).cpu() == y).sum())
+    result = join_results(parts)
+    record = {"model": model, "data": data, **result.to_dict(), "clean_accuracy": correct / len(rows), "rows": len(rows), **preprocessing_of(rows)}
     _print_certificates(record, sigma, n, alpha)
     write_json_output(json_path, record)
 
