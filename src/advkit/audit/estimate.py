@@ -30,6 +30,7 @@ from advkit.audit.plan import Step
 from advkit.core import ModelHandle
 
 TARGETS = 9  # APGD-T and FAB-T target classes
+FALLING_STEPS = 2.0  # passes a row that an attack breaks costs before it retires (measured: most fall at the first steps)
 TRAIN_FACTOR = 1.5  # a training pass also computes the parameter gradients
 NC_ROWS = 1.0  # Neural Cleanse stamps every row for every class each epoch
 
@@ -106,31 +107,69 @@ def measure_denoiser(floor: Floor, model: ModelHandle, x: torch.Tensor, depth: i
     return replace(floor, denoiser=min(times) / max(xb.shape[0], 1))
 
 
-def _attack_units(name: str, rows: int, config: AuditConfig) -> tuple[float, float]:
-    """(forward+backward rows, forward rows) of one attack on ``rows`` rows."""
+PROBE_ROWS, PROBE_STEPS = 32, 5
+
+
+def probe_standing(model: ModelHandle, x: torch.Tensor, y: torch.Tensor, config: AuditConfig) -> dict[float, float]:
+    """The share of rows a short PGD leaves standing on the audited model, per budget.
+
+    Attacks retire the rows they break, so their cost depends on how robust the model
+    is: a PGD of :data:`PROBE_STEPS` steps on :data:`PROBE_ROWS` rows per eps (a few
+    hundred passes in all) measures it before the plan is estimated. Misclassified rows
+    count as broken. A mitigated model, not trained yet, is estimated as if every row
+    stood (an upper bound).
+    """
+    from advkit.audit.plan import threat_for
+    from advkit.registry import build_evasion
+
+    eps_list = config.evasion.eps or []
+    xb, yb = x[:PROBE_ROWS], y[:PROBE_ROWS]
+    out: dict[float, float] = {}
+    for eps in eps_list:
+        if eps <= 0:
+            out[eps] = float((model.predict(xb).cpu() == yb).float().mean())
+            continue
+        attack = build_evasion("pgd", threat_for(config, eps), {"steps": PROBE_STEPS, "restarts": 1}, strict=False)
+        result = attack(model, xb, yb, generator=torch.Generator().manual_seed(0))
+        out[eps] = float(result.clean_correct.logical_and(~result.success).float().mean().cpu())
+    return out
+
+
+def _attack_units(name: str, rows: float, config: AuditConfig, standing: float = 1.0, attacked: float = 1.0) -> tuple[float, float]:
+    """(forward+backward rows, forward rows) of one attack on ``rows`` rows.
+
+    ``attacked`` is the share of the rows a sweep still attacks (the others were broken at
+    a smaller eps), ``standing`` the share of those the attack will not break; a row that
+    falls costs about :data:`FALLING_STEPS` steps, a row that stands every step.
+    """
     from advkit.registry import lookup
 
     ev = config.evasion
     steps, restarts, queries = ev.steps, ev.restarts, ev.max_queries
+    live = rows * attacked
+    stand = live * standing
+    fall = live - stand
     if name == "fgsm":
         return rows, rows
     if name in ("pgd", "bim", "illc"):
-        return rows * steps * (restarts if name == "pgd" else 1), rows
+        runs = restarts if name == "pgd" else 1
+        return stand * steps * runs + fall * FALLING_STEPS, rows
     if name in ("apgd-ce", "apgd-dlr"):
-        return rows * steps, rows
+        return stand * steps + fall * FALLING_STEPS, rows
     if name == "apgd-t":
-        return rows * steps * TARGETS, rows
+        return stand * steps * TARGETS + fall * FALLING_STEPS, rows
     if name == "fab":
-        return rows * steps * 2, rows
-    if name == "autoattack":  # APGD-CE, APGD-T, FAB-T, Square on every row (an upper bound)
-        return rows * steps * (1 + TARGETS + 2 * TARGETS), rows * (queries + 2)
+        return stand * steps * 2 + fall * FALLING_STEPS, rows
+    if name == "autoattack":  # APGD-CE on every row, then APGD-T, FAB-T and Square on the rows still standing
+        return stand * steps * (1 + TARGETS + 2 * TARGETS) + fall * FALLING_STEPS, rows + stand * (queries + 2)
     if lookup(name, "evasion").knowledge != "white":
-        return 0.0, rows * (queries + 2)
-    return rows * steps, rows
+        return 0.0, rows + stand * (queries + 2) + fall * FALLING_STEPS * 10
+    return stand * steps + fall * FALLING_STEPS, rows
 
 
 def step_units(
-    step: Step, config: AuditConfig, eval_rows: int, train_rows: int, classes: int, arch: str = "", floor: Floor | None = None
+    step: Step, config: AuditConfig, eval_rows: int, train_rows: int, classes: int, arch: str = "", floor: Floor | None = None,
+    probe: dict[float, float] | None = None,
 ) -> tuple[float, float]:
     """(forward+backward rows, forward rows) a step will spend, at most (``arch``: the audited model's)."""
     attack_rows = min(eval_rows, config.evasion.limit or eval_rows)
@@ -138,7 +177,15 @@ def step_units(
     if kind == "provenance":
         return 2 * min(eval_rows, 256), 2 * eval_rows
     if kind == "evasion":
-        return _attack_units(step.inputs["attack"], attack_rows, config)
+        standing, attacked = 1.0, 1.0
+        if step.inputs["target"] == "model" and probe:
+            eps = step.inputs["eps"]
+            standing_here = probe.get(eps, 1.0)
+            if step.inputs.get("carry_from"):  # a sweep attacks only the rows the smaller eps left standing
+                smaller = [e for e in probe if e < eps]
+                attacked = probe[max(smaller)] if smaller else 1.0
+            standing = standing_here / attacked if attacked > 0 else 0.0
+        return _attack_units(step.inputs["attack"], attack_rows, config, min(1.0, standing), attacked)
     if kind == "gradient-masking":
         return 2 * min(attack_rows, 256), 2 * min(attack_rows, 256)
     if kind == "inspect":
@@ -181,11 +228,12 @@ def step_units(
 
 
 def estimate_plan(
-    plan: list[Step], config: AuditConfig, floor: Floor, eval_rows: int, train_rows: int, classes: int, arch: str = ""
+    plan: list[Step], config: AuditConfig, floor: Floor, eval_rows: int, train_rows: int, classes: int, arch: str = "",
+    probe: dict[float, float] | None = None,
 ) -> list[dict[str, Any]]:
     """``[{step, kind, estimated_seconds}]`` in plan order."""
     out = []
     for step in plan:
-        backward, forward = step_units(step, config, eval_rows, train_rows, classes, arch, floor)
+        backward, forward = step_units(step, config, eval_rows, train_rows, classes, arch, floor, probe)
         out.append({"step": step.id, "kind": step.kind, "estimated_seconds": backward * floor.backward + forward * floor.forward})
     return out

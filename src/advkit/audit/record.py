@@ -23,7 +23,7 @@ class RunRecord:
     executor: dict[str, Any]
     defaults_applied: list[dict[str, Any]]
     estimates: list[dict[str, Any]]
-    floor: dict[str, float] | None
+    floor: dict[str, Any] | None
     budget: dict[str, Any] | None
 
     @classmethod
@@ -42,6 +42,6 @@ class RunRecord:
             executor={**runner.executor.describe(), **runner.run_stats.to_dict()},
             defaults_applied=list(runner.defaults_applied),
             estimates=list(runner.estimates),
-            floor=runner.floor.to_dict() if runner.floor is not None else None,
+            floor={**runner.floor.to_dict(), "probe_standing": {f"{eps:g}": share for eps, share in runner.probe.items()}} if runner.floor is not None else None,
             budget={"minutes": runner.budget_minutes, "cuts": list(runner.cuts)} if runner.budget_minutes is not None else None,
         )

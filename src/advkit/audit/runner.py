@@ -58,6 +58,7 @@ class AuditRunner:
         self.budget_minutes = budget_minutes
         self.cuts: list[dict[str, Any]] = []  # what --budget cut (advkit.audit.budget)
         self.floor: Any = None
+        self.probe: dict[float, float] = {}  # share of rows a short PGD leaves standing per eps (estimate.probe_standing)
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.progress = progress
@@ -166,7 +167,7 @@ class AuditRunner:
         and ``cuts``; writes nothing (``advkit audit --estimate`` stops here).
         """
         from advkit.audit.budget import fit_to_budget
-        from advkit.audit.estimate import measure_floor
+        from advkit.audit.estimate import measure_floor, probe_standing
 
         from advkit.core.memory import set_memory_cap
 
@@ -177,6 +178,7 @@ class AuditRunner:
         plan = self.plan()
         self._check_plan(plan)
         self.floor = measure_floor(self.model(), self.eval_data().x)
+        self.probe = probe_standing(self.model(), self.eval_data().x, self.eval_data().y, self.config)
         if any(step.kind == "denoiser-training" for step in plan):
             from advkit.audit.estimate import measure_denoiser
             from advkit.audit.training_steps import DENOISER_DEPTH, DENOISER_WIDTH
@@ -202,7 +204,7 @@ class AuditRunner:
 
         model = self.model()
         train_rows = len(self.train_data()) if any(STEP_KINDS[s.kind].needs_train for s in plan) else 0
-        return estimate_plan(plan, config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "")
+        return estimate_plan(plan, config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "", self.probe)
 
     def _check_plan(self, plan: list[Step]) -> None:
         """Steps that retrain need an architecture: say so before the first step runs."""
