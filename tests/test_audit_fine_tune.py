@@ -24,6 +24,7 @@ adversarial_training:
   eps: 0.2
 fine_tune:
   epochs: 2
+  lr: 0.01
 poisoning:
   - attack: badnets
     target: 0

@@ -129,7 +129,7 @@ class FineTuneConfig(_Strict):
     """How the audit fine-tunes a copy of the given model instead of retraining its architecture."""
 
     epochs: int = Field(3, ge=1, description="epochs of every fine-tuning (mitigations and the poisoned models)")
-    lr: float = Field(0.01, gt=0, description="peak learning rate (SGD, one-cycle: 15% warm-up, cosine decay)")
+    lr: float = Field(0.001, gt=0, description="peak learning rate (SGD, one-cycle: 15% warm-up, cosine decay)")
     rows: int | None = Field(None, ge=1, description="fine-tune on the first N train rows (default: all)")
 
 
