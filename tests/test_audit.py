@@ -394,6 +394,7 @@ def test_a_budget_cuts_in_the_documented_order_and_says_so():
     assert cost(cut) <= 500 and cuts[-1]["estimated_seconds"] == cost(cut)
     assert cut.evasion.limit == 50 and cut.evasion.restarts == 1  # rows to their floor before restarts
     assert all(c["to"] < c["from"] for c in cuts)
+    assert not {"fine_tune.rows", "backdoor_defense.limit", "evasion.max_queries"} & set(keys)  # cuts that save nothing are not made
     with pytest.raises(AdvkitError, match="even after every cut"):
         fit_to_budget(cfg, cost, 1, rows=400)
 

@@ -9,7 +9,8 @@ before the next one starts:
    ``fine_tune.rows`` (the rows every fine-tuning trains on, down to 100);
 2. restarts: ``evasion.restarts`` (down to 1);
 3. Neural Cleanse epochs: ``backdoor_defense.epochs`` (down to 5);
-4. certification samples: ``certification.n`` (down to 100, and ``n0`` with it);
+4. samples: ``certification.n`` (down to 100, and ``n0`` with it), then
+   ``evasion.max_queries`` (the queries of Square and the black-box attacks, down to 100);
 5. training epochs: ``adversarial_training.epochs``, then ``certification.epochs`` and
    ``certification.denoiser_epochs`` (down to 2), then ``fine_tune.epochs`` (down to 1).
 
@@ -35,6 +36,7 @@ CUT_ORDER: tuple[tuple[str, int], ...] = (
     ("evasion.restarts", 1),
     ("backdoor_defense.epochs", 5),
     ("certification.n", 100),
+    ("evasion.max_queries", 100),
     ("adversarial_training.epochs", 2),
     ("certification.epochs", 2),
     ("certification.denoiser_epochs", 2),
