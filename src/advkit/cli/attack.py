@@ -187,7 +187,7 @@ def _run_budgets(
                 parts.setdefault((entry.name, budget), []).append(result)
             if streamed:  # the chunk's examples are no longer needed: memory holds one chunk's at a time
                 for result in done:
-                    result.x_adv = result.x_adv[:0]
+                    result.x_adv = result.x_adv.new_empty((0, *result.x_adv.shape[1:]))  # not a slice: a view would keep the storage
     results: list[dict[str, Any]] = []
     if not parts:
         return results
