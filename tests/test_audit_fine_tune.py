@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
 
 from advkit.cli import main
-from advkit.core import ModelHandle
 
 CONFIG = """\
 model: {model}

@@ -71,18 +71,20 @@ def measure_floor(model: ModelHandle, x: torch.Tensor, batch: int = 64, repeats:
         with torch.inference_mode():
             model.logits(xb)
 
-    def best(fn: Any) -> float:
-        for _ in range(WARMUP):
-            fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times) / max(xb.shape[0], 1)
-
     with model.eval_mode():
-        return Floor(best(backward), best(forward))
+        return Floor(_per_row(backward, xb.shape[0], repeats), _per_row(forward, xb.shape[0], repeats))
+
+
+def _per_row(fn: Any, rows: int, repeats: int = 3, warmup: int = WARMUP) -> float:
+    """Seconds per row of ``fn`` (one batch of ``rows``): the best of ``repeats`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) / max(rows, 1)
 
 
 def measure_denoiser(floor: Floor, model: ModelHandle, x: torch.Tensor, depth: int, width: int, batch: int = 32) -> Floor:
@@ -97,14 +99,7 @@ def measure_denoiser(floor: Floor, model: ModelHandle, x: torch.Tensor, depth: i
     def step() -> None:
         denoiser(xb).square().mean().backward()
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return replace(floor, denoiser=min(times) / max(xb.shape[0], 1))
+    return replace(floor, denoiser=_per_row(step, xb.shape[0], warmup=2))
 
 
 PROBE_ROWS, PROBE_STEPS = 32, 5

@@ -21,7 +21,6 @@ that of :mod:`advkit.data.formats`. The folder is colour when any of its images 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor
 
 from advkit.data.dataset import Dataset, split_index
-from advkit.data.formats import GREY_MODES, IMAGE_SUFFIXES, _decode, resize_settings
+from advkit.data.formats import GREY_MODES, IMAGE_SUFFIXES, _decode, read_image, resize_settings
 from advkit.errors import AdvkitError
 
 ERROR = "__advkit_error__"
@@ -66,17 +65,7 @@ def _list_images(dirs: list[Path], names: list[str]) -> tuple[list[Path], list[i
 
 def _header(path: Path) -> tuple[str, tuple[int, int]]:
     """An image's mode and size from its header, without decoding its pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                return img.mode, img.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise AdvkitError(f"{path}: refused as a possible decompression bomb ({' '.join(str(exc).split())})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise AdvkitError(f"{path}: unreadable image ({' '.join(str(exc).split())[:200]})") from None
+    return read_image(path, lambda img: (img.mode, img.size))
 
 
 @dataclass

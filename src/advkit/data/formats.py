@@ -26,13 +26,15 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
 from advkit.data.dataset import Dataset, from_arrays, seeded_split
 from advkit.errors import AdvkitError
 
+T = TypeVar("T")
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 CIFAR_RECORD = 1 + 3 * 32 * 32
@@ -249,18 +251,30 @@ def _pixels(img: Any, resize: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _decode(path: Path, resize: tuple[int, int] | None) -> np.ndarray:
-    """Decode one image file into :func:`_pixels`; a bad file is one line naming it."""
+def read_image(path: Path, use: Callable[[Any], T]) -> T:
+    """``use(img)`` on the opened image; a bad file (unreadable, a decompression bomb) is one line naming it.
+
+    Pillow warns above ``MAX_IMAGE_PIXELS`` and raises above twice that; both are refused.
+    Reading only the header (mode, size) and decoding the pixels share these guards.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
-            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; both are refused.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                img.load()
-                return _pixels(img, resize)
+                return use(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise AdvkitError(f"{path}: refused as a possible decompression bomb ({' '.join(str(exc).split())})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise AdvkitError(f"{path}: unreadable image ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _decode(path: Path, resize: tuple[int, int] | None) -> np.ndarray:
+    """Decode one image file into :func:`_pixels`; a bad file is one line naming it."""
+
+    def pixels(img: Any) -> np.ndarray:
+        img.load()
+        return _pixels(img, resize)
+
+    return read_image(path, pixels)
