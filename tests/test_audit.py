@@ -45,7 +45,7 @@ certification:
   training: gaussian
   epochs: 3
 """
-VOLATILE = ("timings", "cached_steps", "environment", "executor", "plan", "floor")
+VOLATILE = ("timings", "cached_steps", "environment", "executor", "plan", "floor", "replans")
 
 
 def numbers(report: dict) -> dict:
@@ -83,6 +83,18 @@ def test_audit_writes_report_json_html_and_provenance(finished_run):
     assert [p["step"] for p in report["plan"]] == list(report["timings"]) and report["floor"]["forward_backward_per_row"] > 0
     estimated = {p["step"]: p["estimated_seconds"] for p in report["plan"]}
     assert estimated["train/adv-fast"] > estimated["evasion/model/fgsm@0.1"] > 0
+    # the mitigated model, probed once trained: its attacks re-estimated from the rows it keeps
+    assert "train/adv-fast" in [r["after"] for r in report["replans"]]
+    probed = next(r for r in report["replans"] if r["after"] == "train/adv-fast")
+    assert set(probed["probe_standing"]) == {f"{e:g}" for e in report["config"]["evasion"]["eps"]}
+    reestimated = {p["step"] for p in report["plan"] if "reestimated_seconds" in p}
+    assert any(s.startswith("evasion/adv-fast/") for s in reestimated)
+    assert all(s.startswith("evasion/adv-fast/") or s.startswith("mitigate/") for s in reestimated)
+    # a Neural Cleanse that flags nothing leaves its repairs at zero
+    for scenario in report["backdoor"]["scenarios"]:
+        if scenario["inspection"] and not scenario["inspection"]["flagged"]:
+            name = scenario["id"].split("/", 1)[1]
+            assert all(p.get("reestimated_seconds") == 0.0 for p in report["plan"] if p["step"].startswith(f"mitigate/{name}/"))
     assert all(r["n"] == 120 for r in report["evasion"])
     # each attack sweeps eps upwards: 0.3 attacks only the rows 0.1 left standing
     by_key = {(r["model"], r["attack"], r["threat"]["eps"]): r for r in report["evasion"]}
@@ -399,6 +411,25 @@ def test_a_budget_cuts_in_the_documented_order_and_says_so():
         fit_to_budget(cfg, cost, 1, rows=400)
 
 
+def test_a_deep_budget_cuts_budgets_then_targets_then_rows_again():
+    from advkit.audit.budget import fit_to_budget
+    from advkit.audit.config import AuditConfig
+
+    def cost(cfg):
+        return (cfg.evasion.limit or 400) * len(cfg.evasion.eps) * cfg.evasion.target_classes
+
+    eps = [1 / 255, 2 / 255, 4 / 255, 8 / 255]
+    cfg = AuditConfig(evasion={"eps": eps})
+    cut, cuts = fit_to_budget(cfg, cost, 25 * 2 * 3, rows=400)
+    assert cut.evasion.eps == [eps[0], eps[2]]  # every other budget, from the smallest
+    assert cut.evasion.target_classes == 3 and cut.evasion.limit == 25
+    keys = [c["key"] for c in cuts]
+    assert keys == ["evasion.limit"] * 3 + ["evasion.eps", "evasion.target_classes", "evasion.target_classes", "evasion.limit"]
+    assert cuts[3]["from"] == eps and cuts[3]["to"] == [eps[0], eps[2]]
+    with pytest.raises(AdvkitError, match="even after every cut"):
+        fit_to_budget(cfg, cost, 25 * 2 * 3 - 1, rows=400)
+
+
 def test_audit_under_a_budget_records_its_cuts(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(
@@ -415,3 +446,34 @@ def test_audit_under_a_budget_records_its_cuts(tmp_path, capsys):
     assert report["config"]["evasion"]["limit"] == cuts[-1]["to"] if cuts[-1]["key"] == "evasion.limit" else True
     assert all(r["n"] < 120 for r in report["evasion"])
     assert "time budget" in (run_dir / "report.html").read_text()
+
+
+def test_budgets_print_as_people_write_them():
+    from advkit.audit.render.common import budget
+
+    assert [budget(v) for v in (0.3, 0.2, 0.05, 0.25, 1.0, 0.0)] == ["0.3", "0.2", "0.05", "0.25", "1", "0"]
+    assert [budget(v) for v in (1 / 255, 4 / 255, 8 / 255)] == ["1/255", "4/255", "8/255"]
+    assert budget([1 / 255, 4 / 255]) == "1/255, 4/255" and budget(0.123456789) == "0.123457" and budget(None) == "None"
+
+
+def test_the_probe_measures_how_many_rows_stand_and_how_fast_the_others_fall(digits_model, digits_test):
+    from advkit.audit.config import AuditConfig
+    from advkit.audit.estimate import PROBE_ROWS, PROBE_STEPS, Probe, probe_standing
+    from advkit.audit.plan import threat_for
+    from advkit.registry import build_evasion
+
+    cfg = AuditConfig(evasion={"eps": [0.0, 0.05, 0.3], "steps": 10})
+    probe = probe_standing(digits_model, digits_test.x, digits_test.y, cfg)
+    shares = probe.standing()
+    assert shares[0.0] > 0.9 and shares[0.3] < 0.2 and shares[0.0] >= shares[0.05] >= shares[0.3]
+    fell = [v for v in probe.fell_at[0.3] if v == v and v != float("inf")]
+    assert fell and all(1 <= v <= PROBE_STEPS or v == 0 for v in fell)
+    # its verdicts agree with PGD's own on the same rows at the largest budget (one restart, as many steps)
+    pgd = build_evasion("pgd", threat_for(cfg, 0.3), {"steps": PROBE_STEPS, "restarts": 1})
+    result = pgd(digits_model, digits_test.x[:PROBE_ROWS], digits_test.y[:PROBE_ROWS])
+    assert abs(float((~result.success & result.clean_correct).float().mean()) - shares[0.3]) <= 2 / PROBE_ROWS
+    # a sweep at 0.3 carried from 0.05 attacks only the rows 0.05 left standing
+    attacked, standing, passes = probe.sweep(0.3, 0.05)
+    assert attacked == shares[0.05] and 0.0 <= standing <= 1.0 and passes >= 0
+    toy = Probe({0.1: (0.0, 1.0, float("inf"), 3.0), 0.2: (0.0, 1.0, 2.0, 1.0)})
+    assert toy.sweep(0.1, None) == (1.0, 0.25, 4.0 / 3) and toy.sweep(0.2, 0.1) == (0.25, 0.0, 2.0)

@@ -42,7 +42,7 @@ CERTIFY_HEAVY = {
     "backdoor_defense": None,
     "certification": {"n0": 50, "n": 1500, "limit": 40, "training": None},
 }
-VARYING = ("timings", "environment", "executor", "cached_steps", "plan", "floor")
+VARYING = ("timings", "environment", "executor", "cached_steps", "plan", "floor", "replans")
 
 
 def _config(raw: dict) -> AuditConfig:

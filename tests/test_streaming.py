@@ -105,3 +105,25 @@ def test_streamed_certify_equals_in_memory(digit_folder, tmp_path, monkeypatch):
         record.pop("seconds")
         records.append(record)
     assert records[0] == records[1] and records[0]["rows"] == 40 and records[0]["acr"] > 0
+
+
+def test_the_audit_holds_only_the_rows_it_reads(digit_folder, tmp_path):
+    """Training rows past fine_tune.rows are never decoded; a split too large for the memory cap is cut, and the report says so."""
+    from advkit.audit.config import AuditConfig
+    from advkit.audit.runner import HELD_ROWS_SHARE, AuditRunner
+    from advkit.core.memory import set_memory_cap
+
+    model = tmp_path / "model.pt"
+    assert main(["train", "--model", "digits-cnn", "--data", str(digit_folder), "--epochs", "1", "--out", str(model)]) in (0, None)
+    cfg = AuditConfig(model=str(model), data=str(digit_folder), training="fine-tune", fine_tune={"rows": 64})
+    runner = AuditRunner(cfg, tmp_path / "run")
+    assert runner.train_rows() == 64 and len(runner.train_data()) == 64 and runner._row_caps == []
+    assert len(runner.eval_data()) == len(open_rows(str(digit_folder), split="test"))
+    set_memory_cap(40 * 64 * 4 / HELD_ROWS_SHARE / 2**30)  # 40 rows of 8x8 float32
+    try:
+        capped = AuditRunner(cfg.model_copy(update={"fine_tune": cfg.fine_tune.model_copy(update={"rows": None})}), tmp_path / "run2")
+        assert len(capped.eval_data()) == 40 and capped.train_rows() == 40 and len(capped.train_data()) == 40
+        assert [c["key"] for c in capped._row_caps] == ["limit", "fine_tune.rows"]
+        assert "memory cap" in capped._row_caps[0]["because"]
+    finally:
+        set_memory_cap(None)

@@ -12,8 +12,16 @@ before the next one starts:
 4. samples: ``certification.n`` (down to 100, and ``n0`` with it), then
    ``evasion.max_queries`` (the queries of Square and the black-box attacks, down to 100);
 5. training epochs: ``adversarial_training.epochs``, then ``certification.epochs`` and
-   ``certification.denoiser_epochs`` (down to 2), then ``fine_tune.epochs`` (down to 1).
+   ``certification.denoiser_epochs`` (down to 2), then ``fine_tune.epochs`` (down to 1);
+6. budgets: ``evasion.eps`` keeps every other value from the smallest (down to 2 values;
+   with carry the smallest budget is the dearest: most rows stand there);
+7. targets: ``evasion.target_classes`` (APGD-T's and FAB-T's, down to 3: the classes
+   nearest the clean logit, where most targeted successes are found);
+8. rows again, below the first floors: ``evasion.limit`` (down to 25),
+   ``backdoor_defense.limit`` (down to 20), ``certification.limit`` (down to 10).
 
+The cuts that weaken an attack (``max_queries``, ``target_classes``) come after the
+ones that only cost statistics, and the report lists every cut next to the numbers.
 A cut that would not lower the estimate (a setting this plan does not use) is not made.
 Every cut is recorded ({key, from, to, estimated_seconds}) for ``report.json``'s
 ``budget``; a plan still over budget after every cut is refused in one line.
@@ -27,7 +35,8 @@ from typing import Any
 from advkit.audit.config import AuditConfig
 from advkit.errors import AdvkitError
 
-# (dotted key, floor); the current value of a key may be None ("every row"): rows of the data
+# (dotted key, floor); the current value of a key may be None ("every row"): rows of the data.
+# A list (the eps) keeps every other value and its floor is a count.
 CUT_ORDER: tuple[tuple[str, int], ...] = (
     ("evasion.limit", 50),
     ("certification.limit", 20),
@@ -41,6 +50,11 @@ CUT_ORDER: tuple[tuple[str, int], ...] = (
     ("certification.epochs", 2),
     ("certification.denoiser_epochs", 2),
     ("fine_tune.epochs", 1),
+    ("evasion.eps", 2),
+    ("evasion.target_classes", 3),
+    ("evasion.limit", 25),
+    ("backdoor_defense.limit", 20),
+    ("certification.limit", 10),
 )
 
 
@@ -50,15 +64,21 @@ def _get(config: AuditConfig, key: str) -> tuple[Any, Any]:
     return part, None if part is None else getattr(part, field)
 
 
-def _cut_once(config: AuditConfig, key: str, floor: int, rows: dict[str, int]) -> tuple[AuditConfig, int, int] | None:
+def _cut_once(config: AuditConfig, key: str, floor: int, rows: dict[str, int]) -> tuple[AuditConfig, Any, Any] | None:
     """``config`` with ``key`` halved (not below ``floor``), or None when it cannot shrink."""
     part, value = _get(config, key)
     if part is None:
         return None
     current = rows.get(key) if value is None else value
-    if current is None or current <= floor:
-        return None
-    new = max(floor, current // 2)
+    new: Any
+    if isinstance(current, list):
+        if len(current) <= floor:
+            return None
+        new = current[::2] if len(current[::2]) >= floor else current[:floor]
+    else:
+        if current is None or current <= floor:
+            return None
+        new = max(floor, current // 2)
     update: dict[str, Any] = {key.split(".")[1]: new}
     if key == "certification.n" and part.n0 > new:
         update["n0"] = new

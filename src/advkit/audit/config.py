@@ -38,6 +38,7 @@ class EvasionConfig(_Strict):
     steps: int = Field(10, ge=1)
     restarts: int = Field(3, ge=1)
     max_queries: int = Field(1000, ge=1, description="query budget per image of black-box attacks, also of the Square run the gradient-masking check adds")
+    target_classes: int = Field(9, ge=1, description="top other classes APGD-T and FAB-T (in AutoAttack too) each target; 9 is the paper's")
     limit: int | None = Field(None, ge=1, description="attack only the first N rows")
     carry: bool = Field(True, description="sweep each attack in increasing eps, attacking only the rows the smaller eps left standing")
 

@@ -5,7 +5,7 @@ per row of one forward+backward pass (the input gradient, what an attack step co
 of one forward pass (a query, a CERTIFY sample). Each step kind counts its work in those
 two units:
 
-- attacks: rows x steps x restarts passes (APGD-T and FAB-T x 9 target classes, FAB x 2
+- attacks: rows x steps x restarts passes (APGD-T and FAB-T x ``evasion.target_classes``, FAB x 2
   for its boundary gradients), black-box attacks rows x their query budget;
 - Neural Cleanse: epochs x classes x rows passes; training: epochs x training rows x
   (attack steps + 1) passes, x 1.5 for the parameter gradients;
@@ -18,6 +18,7 @@ keeps both (``plan`` next to ``timings``). ``advkit audit CFG --estimate`` print
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from advkit.audit.config import AuditConfig
-from advkit.audit.plan import Step
+from advkit.audit.plan import DENOISED, Step
 from advkit.core import ModelHandle
 
-TARGETS = 9  # APGD-T and FAB-T target classes
 FALLING_STEPS = 2.0  # passes a row that an attack breaks costs before it retires (measured: most fall at the first steps)
 TRAIN_FACTOR = 1.5  # a training pass also computes the parameter gradients
 NC_ROWS = 1.0  # Neural Cleanse stamps every row for every class each epoch
@@ -42,11 +42,13 @@ class Floor:
     backward: float
     forward: float
     denoiser: float = 0.0  # forward+backward of the audit's denoiser per row (when the plan trains one)
+    denoiser_forward: float = 0.0  # its forward pass alone (each CERTIFY sample of the denoised model)
 
     def to_dict(self) -> dict[str, float]:
         out = {"forward_backward_per_row": self.backward, "forward_per_row": self.forward}
         if self.denoiser:
             out["denoiser_forward_backward_per_row"] = self.denoiser
+            out["denoiser_forward_per_row"] = self.denoiser_forward
         return out
 
 
@@ -54,7 +56,7 @@ WARMUP = 3  # TorchScript's profiling executor specialises a graph over its firs
 
 
 def measure_floor(model: ModelHandle, x: torch.Tensor, batch: int = 64, repeats: int = 3) -> Floor:
-    """Time one batch of ``x`` through ``model``: the best of ``repeats`` after :data:`WARMUP` calls.
+    """Time one batch of ``x`` through ``model``: the median of ``repeats`` after :data:`WARMUP` calls.
 
     The batch is at most what the memory cap lets one forward+backward pass hold.
     """
@@ -76,7 +78,8 @@ def measure_floor(model: ModelHandle, x: torch.Tensor, batch: int = 64, repeats:
 
 
 def _per_row(fn: Any, rows: int, repeats: int = 3, warmup: int = WARMUP) -> float:
-    """Seconds per row of ``fn`` (one batch of ``rows``): the best of ``repeats`` after ``warmup`` calls."""
+    """Seconds per row of ``fn`` (one batch of ``rows``): the median of ``repeats`` after
+    ``warmup`` calls (the median, not the best: the estimate is of sustained work)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -84,7 +87,7 @@ def _per_row(fn: Any, rows: int, repeats: int = 3, warmup: int = WARMUP) -> floa
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times) / max(rows, 1)
+    return sorted(times)[len(times) // 2] / max(rows, 1)
 
 
 def measure_denoiser(floor: Floor, model: ModelHandle, x: torch.Tensor, depth: int, width: int, batch: int = 32) -> Floor:
@@ -99,48 +102,99 @@ def measure_denoiser(floor: Floor, model: ModelHandle, x: torch.Tensor, depth: i
     def step() -> None:
         denoiser(xb).square().mean().backward()
 
-    return replace(floor, denoiser=_per_row(step, xb.shape[0], warmup=2))
+    def forward() -> None:
+        with torch.inference_mode():
+            denoiser(xb)
+
+    return replace(floor, denoiser=_per_row(step, xb.shape[0], warmup=2), denoiser_forward=_per_row(forward, xb.shape[0], warmup=1))
 
 
 PROBE_ROWS, PROBE_STEPS = 32, 5
 
 
-def probe_standing(model: ModelHandle, x: torch.Tensor, y: torch.Tensor, config: AuditConfig) -> dict[float, float]:
-    """The share of rows a short PGD leaves standing on the audited model, per budget.
+@dataclass(frozen=True)
+class Probe:
+    """Per budget, the forward passes each probed row took to fall under a short PGD.
+
+    0 for a row the model already gets wrong (no attack step needed), ``inf`` for a row
+    still standing after :data:`PROBE_STEPS` steps (it is estimated to stand every step).
+    """
+
+    fell_at: dict[float, tuple[float, ...]]
+
+    def standing(self) -> dict[float, float]:
+        """The share of rows left standing, per eps (``report.json`` ``floor.probe_standing``)."""
+        return {eps: sum(math.isinf(v) for v in rows) / max(1, len(rows)) for eps, rows in self.fell_at.items()}
+
+    def sweep(self, eps: float, previous: float | None) -> tuple[float, float, float]:
+        """(attacked, standing, falling passes) of the step at ``eps``.
+
+        ``attacked`` is the share of rows attacked at all (with carry: those the smaller
+        budget ``previous`` left standing), ``standing`` the share of those that stand,
+        ``falling passes`` the mean passes a row that falls costs (:data:`FALLING_STEPS`
+        when none fell).
+        """
+        rows = self.fell_at.get(eps)
+        if not rows:
+            return 1.0, 1.0, FALLING_STEPS
+        keep = [i for i in range(len(rows)) if previous is None or math.isinf(self.fell_at.get(previous, rows)[i])]
+        if not keep:
+            return 0.0, 0.0, FALLING_STEPS
+        fell = [rows[i] for i in keep if not math.isinf(rows[i])]
+        standing = 1.0 - len(fell) / len(keep)
+        return len(keep) / len(rows), standing, (sum(fell) / len(fell)) if fell else FALLING_STEPS
+
+
+def probe_standing(model: ModelHandle, x: torch.Tensor, y: torch.Tensor, config: AuditConfig) -> Probe:
+    """How many rows a short PGD leaves standing on a model, and how fast the others fall.
 
     Attacks retire the rows they break, so their cost depends on how robust the model
-    is: a PGD of :data:`PROBE_STEPS` steps on :data:`PROBE_ROWS` rows per eps (a few
-    hundred passes in all) measures it before the plan is estimated. Misclassified rows
-    count as broken. A mitigated model, not trained yet, is estimated as if every row
-    stood (an upper bound).
+    is: PGD's own loop (:func:`advkit.attacks.evasion.steps.pgd`: first step eps from the
+    clean point, then steps of 2.5 eps / ``evasion.steps``, rows retiring as they fall)
+    for :data:`PROBE_STEPS` steps on :data:`PROBE_ROWS` rows per eps measures it before
+    the plan is estimated: a few hundred passes in all. A mitigated model, not trained
+    yet, is estimated as if every row stood (an upper bound); once its training step is
+    done the runner probes it too and re-estimates the steps left (``report.json``
+    ``plan[].reestimated_seconds``).
     """
-    from advkit.audit.plan import threat_for
-    from advkit.registry import build_evasion
+    from advkit.attacks.evasion.steps import pgd
 
-    eps_list = config.evasion.eps or []
-    xb, yb = x[:PROBE_ROWS], y[:PROBE_ROWS]
-    out: dict[float, float] = {}
-    for eps in eps_list:
-        if eps <= 0:
-            out[eps] = float((model.predict(xb).cpu() == yb).float().mean())
-            continue
-        attack = build_evasion("pgd", threat_for(config, eps), {"steps": PROBE_STEPS, "restarts": 1}, strict=False)
-        result = attack(model, xb, yb, generator=torch.Generator().manual_seed(0))
-        out[eps] = float(result.clean_correct.logical_and(~result.success).float().mean().cpu())
-    return out
+    xb, yb = model.to_device(x[:PROBE_ROWS]), y[:PROBE_ROWS].to(model.device)
+    norm = config.evasion.norm
+    fell_at: dict[float, tuple[float, ...]] = {}
+    with model.eval_mode():
+        wrong = model.predict(xb) != yb
+        for eps in config.evasion.eps or []:
+            if eps <= 0:
+                fell_at[eps] = tuple(0.0 if w else math.inf for w in wrong.tolist())
+                continue
+            run = pgd(
+                model.logits, xb, yb, eps=eps, norm=norm, steps=PROBE_STEPS, step_size=2.5 * eps / config.evasion.steps,
+                bounds=model.bounds, first_step=eps, track_best=False, evaluate_final=False, early_stop=True,
+            )
+            assert run.reached_at is not None
+            fell_at[eps] = tuple(
+                0.0 if w else (float(r) if r > 0 else math.inf) for w, r in zip(wrong.tolist(), run.reached_at.tolist(), strict=True)
+            )
+    return Probe(fell_at)
 
 
-def _attack_units(name: str, rows: float, config: AuditConfig, standing: float = 1.0, attacked: float = 1.0) -> tuple[float, float]:
+def _attack_units(
+    name: str, rows: float, config: AuditConfig, standing: float = 1.0, attacked: float = 1.0, classes: int = 10,
+    falling: float = FALLING_STEPS,
+) -> tuple[float, float]:
     """(forward+backward rows, forward rows) of one attack on ``rows`` rows.
 
     ``attacked`` is the share of the rows a sweep still attacks (the others were broken at
     a smaller eps), ``standing`` the share of those the attack will not break; a row that
-    falls costs about :data:`FALLING_STEPS` steps, a row that stands every step.
+    falls costs ``falling`` passes (the probe's measure, else :data:`FALLING_STEPS`), a
+    row that stands every step.
     """
     from advkit.registry import lookup
 
     ev = config.evasion
     steps, restarts, queries = ev.steps, ev.restarts, ev.max_queries
+    targets = max(1, min(ev.target_classes, classes - 1))  # APGD-T's and FAB-T's target classes
     live = rows * attacked
     stand = live * standing
     fall = live - stand
@@ -148,41 +202,51 @@ def _attack_units(name: str, rows: float, config: AuditConfig, standing: float =
         return rows, rows
     if name in ("pgd", "bim", "illc"):
         runs = restarts if name == "pgd" else 1
-        return stand * steps * runs + fall * FALLING_STEPS, rows
+        return stand * steps * runs + fall * falling, rows
     if name in ("apgd-ce", "apgd-dlr"):
-        return stand * steps + fall * FALLING_STEPS, rows
+        return stand * steps + fall * falling, rows
     if name == "apgd-t":
-        return stand * steps * TARGETS + fall * FALLING_STEPS, rows
+        return stand * steps * targets + fall * falling, rows
     if name == "fab":
-        return stand * steps * 2 + fall * FALLING_STEPS, rows
+        return stand * steps * 2 + fall * falling, rows
     if name == "autoattack":  # APGD-CE on every row, then APGD-T, FAB-T and Square on the rows still standing
-        return stand * steps * (1 + TARGETS + 2 * TARGETS) + fall * FALLING_STEPS, rows + stand * (queries + 2)
+        return stand * steps * (1 + targets + 2 * targets) + fall * falling, rows + stand * (queries + 2)
     if lookup(name, "evasion").knowledge != "white":
-        return 0.0, rows + stand * (queries + 2) + fall * FALLING_STEPS * 10
-    return stand * steps + fall * FALLING_STEPS, rows
+        return 0.0, rows + stand * (queries + 2) + fall * falling * 10
+    return stand * steps + fall * falling, rows
 
 
 def step_units(
     step: Step, config: AuditConfig, eval_rows: int, train_rows: int, classes: int, arch: str = "", floor: Floor | None = None,
-    probe: dict[float, float] | None = None,
+    probes: dict[str, Probe] | None = None,
 ) -> tuple[float, float]:
-    """(forward+backward rows, forward rows) a step will spend, at most (``arch``: the audited model's)."""
+    """(forward+backward rows, forward rows) a step will spend, at most (``arch``: the audited model's).
+
+    ``probes`` maps a model (an evasion step's ``target``: ``model`` or a training
+    step's id) to its :class:`Probe`; a model without one (a mitigated
+    model not trained yet) is estimated as if every row stood.
+    """
     attack_rows = min(eval_rows, config.evasion.limit or eval_rows)
     kind = step.kind
     if kind == "provenance":
         return 2 * min(eval_rows, 256), 2 * eval_rows
     if kind == "evasion":
-        standing, attacked = 1.0, 1.0
-        if step.inputs["target"] == "model" and probe:
+        standing, attacked, falling = 1.0, 1.0, FALLING_STEPS
+        probe = (probes or {}).get(step.inputs["target"])
+        if probe is not None:
             eps = step.inputs["eps"]
-            standing_here = probe.get(eps, 1.0)
-            if step.inputs.get("carry_from"):  # a sweep attacks only the rows the smaller eps left standing
-                smaller = [e for e in probe if e < eps]
-                attacked = probe[max(smaller)] if smaller else 1.0
-            standing = standing_here / attacked if attacked > 0 else 0.0
-        return _attack_units(step.inputs["attack"], attack_rows, config, min(1.0, standing), attacked)
-    if kind == "gradient-masking":
-        return 2 * min(attack_rows, 256), 2 * min(attack_rows, 256)
+            smaller = [e for e in config.evasion.eps or [] if e < eps] if step.inputs.get("carry_from") else []
+            attacked, standing, falling = probe.sweep(eps, max(smaller) if smaller else None)
+        backward, forward = _attack_units(step.inputs["attack"], attack_rows, config, standing, attacked, classes, falling)
+        if not step.inputs.get("carry_from"):  # the sweep's zero-budget check: the attack at eps 0, where every row stands
+            from advkit.audit.steps import EPS_ZERO_ROWS
+
+            zero_rows = min(attack_rows, EPS_ZERO_ROWS)
+            zb, zf = (0.0, 2.0 * zero_rows) if step.inputs["attack"] == "autoattack" else _attack_units(step.inputs["attack"], zero_rows, config, classes=classes)
+            backward, forward = backward + zb, forward + zf
+        return backward, forward
+    if kind == "gradient-masking":  # one input gradient and one forward on at most 256 rows (an escalation to Square is not counted)
+        return min(attack_rows, 256), min(attack_rows, 256)
     if kind == "inspect":
         rows = min(eval_rows, step.inputs.get("limit") or eval_rows)
         return step.inputs["epochs"] * classes * rows * NC_ROWS, eval_rows
@@ -199,7 +263,7 @@ def step_units(
         from advkit.models.recipes import zoo_epochs
 
         epochs = config.fine_tune.epochs if fine_tuning else zoo_epochs(arch)
-        return epochs * train_rows * TRAIN_FACTOR, 2 * eval_rows
+        return epochs * train_rows * TRAIN_FACTOR, 3 * eval_rows  # then clean accuracy and the trigger's success on both models
     if kind == "certified-training":
         cert = config.certification
         assert cert is not None
@@ -216,19 +280,31 @@ def step_units(
         cert = config.certification
         assert cert is not None
         rows = min(eval_rows, cert.limit or eval_rows)
-        return 0.0, (cert.n0 + cert.n) * rows + eval_rows
-    if kind == "backdoor-mitigation":  # unlearning's fine-tuning epochs or pruning's checks on the clean rows
-        return 10 * eval_rows * TRAIN_FACTOR, 20 * eval_rows
+        samples = (cert.n0 + cert.n) * rows
+        if step.inputs.get("target") == DENOISED and floor is not None and floor.forward > 0:  # each sample also goes through the denoiser
+            samples *= 1.0 + floor.denoiser_forward / floor.forward
+        return 0.0, samples + eval_rows
+    if kind == "backdoor-mitigation":
+        from advkit.audit.steps import defender_rows
+        from advkit.defenses.backdoor.mitigation import NeuronPruning, Unlearning
+
+        defense = config.backdoor_defense
+        rows = defender_rows(eval_rows, defense.limit if defense else None)
+        held_out = eval_rows - eval_rows // 2
+        if step.inputs["mitigation"] == "nc-unlearn":  # its fine-tuning epochs, then accuracy and trigger success before and after
+            return Unlearning.epochs * rows * TRAIN_FACTOR, 4 * rows + 4 * held_out
+        # pruning: rank the neurons (one pass), then at most ``rounds`` groups, each judged by accuracy and trigger success
+        return 0.0, rows + NeuronPruning.rounds * 2 * rows + 4 * held_out
     return 0.0, eval_rows
 
 
 def estimate_plan(
     plan: list[Step], config: AuditConfig, floor: Floor, eval_rows: int, train_rows: int, classes: int, arch: str = "",
-    probe: dict[float, float] | None = None,
+    probes: dict[str, Probe] | None = None,
 ) -> list[dict[str, Any]]:
     """``[{step, kind, estimated_seconds}]`` in plan order."""
     out = []
     for step in plan:
-        backward, forward = step_units(step, config, eval_rows, train_rows, classes, arch, floor, probe)
+        backward, forward = step_units(step, config, eval_rows, train_rows, classes, arch, floor, probes)
         out.append({"step": step.id, "kind": step.kind, "estimated_seconds": backward * floor.backward + forward * floor.forward})
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from advkit.audit.render.common import budget
 from advkit.registry import atlas_ids
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
@@ -142,7 +143,7 @@ def _evasion_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({
                 "severity": severity,
                 "title": (
-                    f"{_worst_label(broken)} ({norm}) at eps={broken['eps']:g} cuts accuracy of the {model['label']} "
+                    f"{_worst_label(broken)} ({norm}) at eps={budget(broken['eps'])} cuts accuracy of the {model['label']} "
                     f"from {broken['clean_accuracy']:.1%} to {broken['adversarial_accuracy']:.1%}"
                 ),
                 "detail": f"attack success rate {rate:.1%} of correctly classified rows; a row counts as robust only if every attack left it standing",
@@ -152,7 +153,7 @@ def _evasion_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
             last = curve[-1]
             out.append({
                 "severity": "low",
-                "title": f"{_worst_label(last)} ({norm}) keeps accuracy above half up to eps={last['eps']:g} ({last['adversarial_accuracy']:.1%})",
+                "title": f"{_worst_label(last)} ({norm}) keeps accuracy above half up to eps={budget(last['eps'])} ({last['adversarial_accuracy']:.1%})",
                 "detail": "robust within the audited budgets",
                 "atlas": _atlas_of(at(model["id"], last["eps"])),
             })
@@ -170,7 +171,7 @@ def _evasion_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({
             "severity": "high" if far else "medium",
             "title": (
-                f"Gradient masking suspected on the {labels.get(model_id, model_id)} at eps={eps:g}: white-box attacks leave "
+                f"Gradient masking suspected on the {labels.get(model_id, model_id)} at eps={budget(eps)}: white-box attacks leave "
                 f"{white_best:.1%} accuracy, {check['attack']} (black-box) brings the worst case to {worst['adversarial_accuracy']:.1%}"
             ),
             "detail": "; ".join(check["reasons"]) + f". The audit added {check['attack']} itself; the worst case counts it.",
@@ -186,7 +187,7 @@ def _evasion_findings(report: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({
                 "severity": "info",
                 "title": (
-                    f"Mitigation {model['label']}: worst-case accuracy at eps={eps:g} rises from "
+                    f"Mitigation {model['label']}: worst-case accuracy at eps={budget(eps)} rises from "
                     f"{before['adversarial_accuracy']:.1%} to {after['adversarial_accuracy']:.1%} (every attack, per row)"
                 ),
                 "detail": f"clean accuracy {before['clean_accuracy']:.1%} -> {after['clean_accuracy']:.1%}",

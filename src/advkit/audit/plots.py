@@ -9,6 +9,8 @@ from typing import Any
 
 import matplotlib
 
+from advkit.audit.render.common import budget
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -107,7 +109,7 @@ def examples(run_dir: Path, record: dict[str, Any], names: list[str]) -> str | N
     axes[0, 0].text(-0.3, 0.5, "clean", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
     axes[1, 0].text(-0.3, 0.5, "adversarial", transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
     axes[2, 0].text(-0.3, 0.5, "perturbation", transform=axes[2, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
-    fig.suptitle(f"{record['attack']} eps={record['threat']['eps']:g} (perturbation amplified x{0.5 / scale:.1f})", fontsize=9)
+    fig.suptitle(f"{record['attack']} eps={budget(record['threat']['eps'])} (perturbation amplified x{0.5 / scale:.1f})", fontsize=9)
     return _png(fig)
 
 

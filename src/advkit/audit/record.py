@@ -25,6 +25,7 @@ class RunRecord:
     estimates: list[dict[str, Any]]
     floor: dict[str, Any] | None
     budget: dict[str, Any] | None
+    replans: list[dict[str, Any]]
 
     @classmethod
     def of(cls, runner: AuditRunner, plan: list[Step]) -> RunRecord:
@@ -42,6 +43,9 @@ class RunRecord:
             executor={**runner.executor.describe(), **runner.run_stats.to_dict()},
             defaults_applied=list(runner.defaults_applied),
             estimates=list(runner.estimates),
-            floor={**runner.floor.to_dict(), "probe_standing": {f"{eps:g}": share for eps, share in runner.probe.items()}} if runner.floor is not None else None,
+            floor={**runner.floor.to_dict(), "probe_standing": {f"{eps:g}": share for eps, share in (runner.probe.standing() if runner.probe else {}).items()}}
+            if runner.floor is not None
+            else None,
             budget={"minutes": runner.budget_minutes, "cuts": list(runner.cuts)} if runner.budget_minutes is not None else None,
+            replans=list(runner.replans),
         )

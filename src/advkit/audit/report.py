@@ -18,6 +18,7 @@ import torch
 from advkit import __version__
 from advkit.audit.findings import findings
 from advkit.audit.plan import DENOISED
+from advkit.audit.render.common import budget
 from advkit.errors import AdvkitError
 from advkit.registry import atlas_ids
 
@@ -37,7 +38,7 @@ def build_report(run: RunRecord) -> dict[str, Any]:
         if step.kind == "adversarial-training":
             r = results[step.id]
             how = "fine-tuned" if r.get("training") == "fine-tune" else "mitigated"
-            models.append({"id": step.id, "label": f"{r['defense']} eps={r['eps']:g} ({how})", "clean_accuracy": r["clean_accuracy"], "artifact": r["artifact"]})
+            models.append({"id": step.id, "label": f"{r['defense']} eps={budget(r['eps'])} ({how})", "clean_accuracy": r["clean_accuracy"], "artifact": r["artifact"]})
         elif step.kind == "denoiser-training":
             r = results[step.id]
             models.append({"id": step.id, "label": f"denoiser sigma={r['sigma']:g} in front of the frozen model (denoised smoothing)", "clean_accuracy": r["clean_accuracy"], "artifact": r["artifact"]})
@@ -90,8 +91,9 @@ def build_report(run: RunRecord) -> dict[str, Any]:
         },
         "certification": certification,
         "timings": {step.id: run.timings[step.id] for step in plan},
-        "plan": run.estimates,  # [{step, kind, estimated_seconds}]: the cost estimate made before the run
+        "plan": run.estimates,  # [{step, kind, estimated_seconds, reestimated_seconds?}]: the estimate made before the run (and after a mitigated model's probe)
         "floor": run.floor,
+        "replans": run.replans,  # [{after, probe_standing, probe_seconds, seconds_left_before, seconds_left_after}]
         "budget": run.budget,  # {minutes, cuts [{key, from, to, estimated_seconds}]} with --budget, else None
         "cached_steps": list(run.cached),
     }

@@ -25,6 +25,8 @@ from advkit.registry import build_evasion
 EXAMPLES = 8
 
 
+EPS_ZERO_ROWS = 64  # rows the zero-budget sanity check runs each attack on (attacks.sanity.check_eps_zero)
+
 def provenance(ctx: StepContext) -> dict[str, Any]:
     """SHA-256 of the model file and data files, plus the reliability checks."""
     from advkit.attacks.sanity import run_checks
@@ -58,7 +60,9 @@ def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float, 
     """Run one attack on the evaluation rows; the record keeps per-row outcomes for the worst case.
 
     With ``carry_from`` (the same attack's step at the next smaller eps), the rows that
-    step broke are carried with their examples and only the others are attacked.
+    step broke are carried with their examples and only the others are attacked, and the
+    zero-budget check (the attack run at eps = 0 on the first :data:`EPS_ZERO_ROWS` rows
+    must change no prediction) is that step's: it does not depend on the budget.
     """
     from advkit.attacks.evasion.sweep import carry_forward, load_rows, save_rows
     from advkit.attacks.sanity import check_eps_zero
@@ -66,7 +70,12 @@ def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float, 
     cfg = ctx.env.config
     model = _target_model(ctx, target)
     data = ctx.env.eval_data().head(cfg.evasion.limit)
-    settings = {"steps": cfg.evasion.steps, "restarts": cfg.evasion.restarts, "max_queries": cfg.evasion.max_queries}
+    settings = {
+        "steps": cfg.evasion.steps,
+        "restarts": cfg.evasion.restarts,
+        "max_queries": cfg.evasion.max_queries,
+        "target_classes": cfg.evasion.target_classes,
+    }
     attack = build_evasion(attack_name, threat_for(cfg, eps, attack_name), settings, strict=False)
     previous = None
     if carry_from is not None:
@@ -83,7 +92,10 @@ def _attack_record(ctx: StepContext, target: str, attack_name: str, eps: float, 
     for part in record["params"].get("breakdown", []):
         part.pop("seconds", None)
     record["model"] = target
-    record["eps_zero"] = check_eps_zero(attack, model, data.x[:64], data.y[:64]).to_dict()
+    if previous is not None and "eps_zero" in before:  # a property of the attack on this model, not of the budget: checked once per sweep
+        record["eps_zero"] = before["eps_zero"]
+    else:
+        record["eps_zero"] = check_eps_zero(attack, model, data.x[:EPS_ZERO_ROWS], data.y[:EPS_ZERO_ROWS]).to_dict()
     # Per-row outcomes, so the report can count each row's worst case over attacks.
     record["per_row"] = {
         "clean_pred": result.clean_pred.cpu().tolist(),
@@ -168,8 +180,20 @@ def inspect(ctx: StepContext) -> dict[str, Any]:
     }
 
 
+def defender_rows(rows: int, limit: int | None) -> int:
+    """The clean rows a repair trains on: the first half of the evaluation rows, at most
+    ``backdoor_defense.limit`` of them (the rows Neural Cleanse optimised on); the second
+    half is held out to judge the repair."""
+    half = rows // 2
+    return min(half, limit or half)
+
+
 def backdoor_mitigation(ctx: StepContext) -> dict[str, Any]:
-    """Repair the poisoned model with the trigger Neural Cleanse reversed for the flagged class."""
+    """Repair the poisoned model with the trigger Neural Cleanse reversed for the flagged class.
+
+    The repair sees :func:`defender_rows` clean rows; its success and accuracy are judged
+    on the held-out second half of the evaluation rows.
+    """
     from advkit.attacks.poisoning import backdoor_success_rate
     from advkit.defenses.backdoor.mitigation import NeuronPruning, Unlearning
     from advkit.defenses.backdoor.neural_cleanse import ReversedTrigger
@@ -188,7 +212,8 @@ def backdoor_mitigation(ctx: StepContext) -> dict[str, Any]:
     model = ctx.env.trained_model(inputs["poison"])
     data = ctx.env.eval_data()
     half = len(data) // 2
-    xd, yd, xe, ye = data.x[:half], data.y[:half], data.x[half:], data.y[half:]
+    defender = defender_rows(len(data), ctx.env.config.backdoor_defense.limit if ctx.env.config.backdoor_defense else None)
+    xd, yd, xe, ye = data.x[:defender], data.y[:defender], data.x[half:], data.y[half:]
 
     def real_asr(m: ModelHandle) -> float:
         return backdoor_success_rate(m, xe, ye, attack.trigger, scenario.target, scenario.mode)

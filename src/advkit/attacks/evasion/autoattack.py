@@ -67,7 +67,11 @@ SQUARE_P_INIT = 0.8  # AutoAttack's Square setting
     summary="APGD-CE, APGD-T, FAB-T and Square in sequence on the rows still standing (per-row worst case)",
 )
 class AutoAttack(EvasionAttack):
-    """AutoAttack's standard (or ``plus``/``fast``/custom) ensemble; ``steps`` per gradient attack."""
+    """AutoAttack's standard (or ``plus``/``fast``/custom) ensemble; ``steps`` per gradient attack.
+
+    ``target_classes`` (9, the paper's) is how many of the top other classes APGD-T and
+    FAB-T each try; fewer is cheaper and can only leave more rows standing.
+    """
 
     name = "autoattack"
     goals = ("untargeted",)
@@ -80,6 +84,7 @@ class AutoAttack(EvasionAttack):
         components: Sequence[str] | None = None,
         steps: int = 100,
         max_queries: int = 5000,
+        target_classes: int = TARGET_CLASSES,
         batch_size: int = 500,
     ) -> None:
         super().__init__(threat, batch_size=batch_size)
@@ -100,6 +105,9 @@ class AutoAttack(EvasionAttack):
             raise AdvkitError(f"{self.name}: steps must be >= 1; got {steps}")
         if max_queries < 1:
             raise AdvkitError(f"--max-queries must be >= 1; got {max_queries}")
+        if target_classes < 1:
+            raise AdvkitError(f"{self.name}: target_classes must be >= 1; got {target_classes}")
+        self.target_classes = target_classes
         self.version = version
         self.components = chosen
         self.steps = steps
@@ -111,7 +119,7 @@ class AutoAttack(EvasionAttack):
             "components": list(self.components),
             "steps": self.steps,
             "max_queries": self.max_queries,
-            "target_classes": TARGET_CLASSES,
+            "target_classes": self.target_classes,
             "restarts": self._restarts("apgd-ce"),
         }
 
@@ -126,11 +134,11 @@ class AutoAttack(EvasionAttack):
         if name == "apgd-dlr":
             return APGDDLR(threat, steps=self.steps, restarts=self._restarts(name), **common)
         if name == "apgd-t":
-            return APGDTargeted(threat, steps=self.steps, restarts=1, target_classes=TARGET_CLASSES, **common)
+            return APGDTargeted(threat, steps=self.steps, restarts=1, target_classes=self.target_classes, **common)
         if name == "fab":
             return FAB(threat, steps=self.steps, restarts=self._restarts(name), targeted=False, **common)
         if name == "fab-t":
-            return FAB(threat, steps=self.steps, restarts=1, targeted=True, target_classes=TARGET_CLASSES, **common)
+            return FAB(threat, steps=self.steps, restarts=1, targeted=True, target_classes=self.target_classes, **common)
         if name == "square":
             return SquareAttack(threat, max_queries=self.max_queries, p_init=SQUARE_P_INIT, **common)
         raise AdvkitError(f"{self.name}: unknown component {name!r}")

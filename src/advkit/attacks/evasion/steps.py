@@ -109,11 +109,14 @@ def random_start(x: Tensor, eps: float, norm: str, bounds: tuple[float, float], 
 
 @dataclass
 class PGDRun:
-    """One projected-gradient run: the best iterate per row, its score, the last iterate."""
+    """One projected-gradient run: the best iterate per row, its score, the last iterate,
+    and (with ``early_stop``) the forward passes each row took to reach the goal (0 where
+    it never did)."""
 
     best_x: Tensor
     best_score: Tensor
     final_x: Tensor
+    reached_at: Tensor | None = None
 
 
 def pgd(
@@ -156,6 +159,7 @@ def pgd(
     best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
     final_x = x.clone()
     active = torch.arange(x.shape[0], device=x.device)
+    reached_at = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if early_stop else None
     xa, ya, ta = x, y, target
     for step in range(steps):
         if step == 0 and first_forward is not None:
@@ -172,6 +176,8 @@ def pgd(
                 best_score[active] = torch.where(better, score, best_score[active])
             if early_stop and bool((reached := score > 0).any()):
                 final_x[active[reached]] = x_in.detach()[reached]
+                assert reached_at is not None
+                reached_at[active[reached]] = step + 1
                 keep = ~reached
                 if not bool(keep.any()):
                     active = active[:0]
@@ -198,4 +204,4 @@ def pgd(
             better = score > best_score[active]
             best_x[active[better]] = last[better]
             best_score[active] = torch.where(better, score, best_score[active])
-    return PGDRun(best_x, best_score, final_x)
+    return PGDRun(best_x, best_score, final_x, reached_at)

@@ -1,4 +1,4 @@
-"""What every view shares: paths made shareable, percentages."""
+"""What every view shares: paths made shareable, percentages, budgets."""
 
 from __future__ import annotations
 
@@ -19,3 +19,20 @@ def shareable(report: dict[str, Any]) -> dict[str, Any]:
 def percent(value: float | None) -> str:
     """A share as ``12.3%``; an en dash when it is undefined (no row to attack)."""
     return "\u2013" if value is None else f"{100 * value:.1f}%"
+
+
+def budget(value: Any) -> str:
+    """An eps as people write it: a short decimal as it is (``0.3``, ``0.25``), a whole
+    number of 8-bit steps as ``4/255``, else ``%g``; a list comma-separated; anything
+    else as ``str``."""
+    if isinstance(value, list):
+        return ", ".join(budget(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    short = f"{value:.4g}"
+    if abs(float(short) - value) <= 1e-12 * max(1.0, abs(value)):
+        return short
+    steps = value * 255
+    if 0 < value < 1 and abs(steps - round(steps)) < 1e-6:
+        return f"{round(steps)}/255"
+    return f"{value:g}"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from advkit.audit.findings import SEVERITIES
-from advkit.audit.render.common import percent, shareable
+from advkit.audit.render.common import budget, percent, shareable
 
 
 def attacked_models(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -44,6 +44,7 @@ def render_html(report: dict[str, Any], run_dir: Path) -> str:
     }
     env = Environment(loader=PackageLoader("advkit.audit", "templates"), autoescape=select_autoescape(["html", "j2"]))
     env.filters["pct"] = percent
+    env.filters["budget"] = budget
     template = env.get_template("report.html.j2")
     budgets = sorted({r["threat"]["eps"] for r in report["evasion"]})
     attacks = sorted({r["attack"] for r in report["evasion"]})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from advkit.audit.render.common import percent, shareable
+from advkit.audit.render.common import budget, percent, shareable
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -18,12 +18,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     labels = {m["id"]: m["label"] for m in report["models"]}
     for r in report["evasion"]:
         lines.append(
-            f"| {labels.get(r['model'], r['model'])} | {r['attack']} | {r['threat']['eps']:g} | {r['clean_accuracy']:.1%} | "
+            f"| {labels.get(r['model'], r['model'])} | {r['attack']} | {budget(r['threat']['eps'])} | {r['clean_accuracy']:.1%} | "
             f"{r['adversarial_accuracy']:.1%} | {percent(r['attack_success_rate'])} |"
         )
     for w in report.get("evasion_worst", []):
         lines.append(
-            f"| {labels.get(w['model'], w['model'])} | worst of {', '.join(w['attacks'])} | {w['eps']:g} | {w['clean_accuracy']:.1%} | "
+            f"| {labels.get(w['model'], w['model'])} | worst of {', '.join(w['attacks'])} | {budget(w['eps'])} | {w['clean_accuracy']:.1%} | "
             f"{w['adversarial_accuracy']:.1%} | {percent(w['attack_success_rate'])} |"
         )
     scenarios = report["backdoor"]["scenarios"]
