@@ -477,3 +477,19 @@ def test_the_probe_measures_how_many_rows_stand_and_how_fast_the_others_fall(dig
     assert attacked == shares[0.05] and 0.0 <= standing <= 1.0 and passes >= 0
     toy = Probe({0.1: (0.0, 1.0, float("inf"), 3.0), 0.2: (0.0, 1.0, 2.0, 1.0)})
     assert toy.sweep(0.1, None) == (1.0, 0.25, 4.0 / 3) and toy.sweep(0.2, 0.1) == (0.25, 0.0, 2.0)
+
+
+def test_a_poisoning_that_planted_nothing_does_not_blame_neural_cleanse():
+    from advkit.audit.findings import _poisoning_findings
+
+    scenario = {
+        "params": {"rate": 0.1, "target": 0}, "attack": "badnets", "attack_success_rate": 0.04, "audited_model_trigger_success": 0.04,
+        "clean_accuracy": 0.7, "atlas": [], "train_rows_used": 100, "epochs": 1,
+        "inspection": {"flagged": []}, "mitigations": [],
+    }
+    titles = [f["title"] for f in _poisoning_findings(scenario)]
+    assert "planted no backdoor" in titles[0] and "100 rows" in _poisoning_findings(scenario)[0]["detail"]
+    assert "as it should" in titles[1] and "misses" not in titles[1]
+    planted = {**scenario, "attack_success_rate": 0.97}
+    titles = [f["title"] for f in _poisoning_findings(planted)]
+    assert "plants a backdoor that works on 97.0%" in titles[0] and "misses the planted backdoor" in titles[1]

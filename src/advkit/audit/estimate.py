@@ -5,8 +5,8 @@ per row of one forward+backward pass (the input gradient, what an attack step co
 of one forward pass (a query, a CERTIFY sample). Each step kind counts its work in those
 two units:
 
-- attacks: rows x steps x restarts passes (APGD-T and FAB-T x ``evasion.target_classes``, FAB x 2
-  for its boundary gradients), black-box attacks rows x their query budget;
+- attacks: rows x steps x restarts passes (APGD-T and FAB-T x ``evasion.target_classes``),
+  black-box attacks rows x their query budget;
 - Neural Cleanse: epochs x classes x rows passes; training: epochs x training rows x
   (attack steps + 1) passes, x 1.5 for the parameter gradients;
 - CERTIFY: (n0 + n) x rows forward passes.
@@ -207,10 +207,10 @@ def _attack_units(
         return stand * steps + fall * falling, rows
     if name == "apgd-t":
         return stand * steps * targets + fall * falling, rows
-    if name == "fab":
-        return stand * steps * 2 + fall * falling, rows
-    if name == "autoattack":  # APGD-CE on every row, then APGD-T, FAB-T and Square on the rows still standing
-        return stand * steps * (1 + targets + 2 * targets) + fall * falling, rows + stand * (queries + 2)
+    if name == "fab":  # FAB-T by default: one gradient per step and target
+        return stand * steps * targets + fall * falling, rows
+    if name == "autoattack":  # APGD-CE on every row, then APGD-T, FAB-T (one gradient per step and target) and Square on the rows still standing
+        return stand * steps * (1 + 2 * targets) + fall * falling, rows + stand * (queries + 2)
     if lookup(name, "evasion").knowledge != "white":
         return 0.0, rows + stand * (queries + 2) + fall * falling * 10
     return stand * steps + fall * falling, rows

@@ -17,6 +17,8 @@ from advkit.registry import atlas_ids
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 
 
+PLANTED_MARGIN = 0.1  # a backdoor counts as planted when its trigger works on at least 10 points more inputs than on the audited model
+
 def _severity_for_budget(eps: float, norm: str) -> str:
     """How bad it is that accuracy halves at this budget (pixel range [0, 1])."""
     small, medium = (8 / 255, 0.1) if norm == "linf" else (0.5, 1.5)
@@ -75,19 +77,32 @@ def _poisoning_findings(scenario: dict[str, Any]) -> list[dict[str, Any]]:
     """One poisoning scenario: the planted backdoor, whether Neural Cleanse finds it, each repair."""
     rate = scenario["params"]["rate"]
     success = scenario["attack_success_rate"]
+    baseline = scenario["audited_model_trigger_success"]
+    planted = success >= baseline + PLANTED_MARGIN
+    detail = f"clean accuracy of the poisoned model stays {scenario['clean_accuracy']:.1%}; the audited model obeys the same trigger on {baseline:.1%}"
+    if planted:
+        title = f"Poisoning {rate:.0%} of the training data with {scenario['attack']} plants a backdoor that works on {success:.1%} of inputs"
+    else:
+        title = f"Poisoning {rate:.0%} of the training data with {scenario['attack']} planted no backdoor: the trigger works on {success:.1%} of inputs"
+        trained = scenario.get("train_rows_used")
+        detail += f" (trained on {trained} rows for {scenario.get('epochs')} epoch(s): too little training to learn the trigger)" if trained else ""
     out: list[dict[str, Any]] = [{
         "severity": "high" if success >= 0.9 else "medium" if success >= 0.5 else "low",
-        "title": f"Poisoning {rate:.0%} of the training data with {scenario['attack']} plants a backdoor that works on {success:.1%} of inputs",
-        "detail": f"clean accuracy of the poisoned model stays {scenario['clean_accuracy']:.1%}; the audited model obeys the same trigger on {scenario['audited_model_trigger_success']:.1%}",
+        "title": title,
+        "detail": detail,
         "atlas": scenario["atlas"],
     }]
     inspection = scenario.get("inspection")
     target = scenario["params"]["target"]
     if inspection is not None:
         caught = target in inspection["flagged"]
+        if planted or caught:
+            verdict = f"Neural Cleanse {'finds' if caught else 'misses'} the planted backdoor"
+        else:
+            verdict = "Neural Cleanse flags nothing, as it should: no backdoor took"
         out.append({
-            "severity": "info" if caught else "medium",
-            "title": f"Neural Cleanse {'finds' if caught else 'misses'} the planted backdoor (target {target}; flagged {inspection['flagged'] or 'nothing'})",
+            "severity": "info" if caught or not planted else "medium",
+            "title": f"{verdict} (target {target}; flagged {inspection['flagged'] or 'nothing'})",
             "detail": "model validation by trigger reverse engineering",
             "atlas": atlas_ids("neural-cleanse"),
         })

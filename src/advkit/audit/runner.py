@@ -74,6 +74,7 @@ class AuditRunner:
         self._row_caps: list[dict[str, Any]] = []  # rows held back by the memory cap (eval_data, train_data)
         self._eval: Dataset | None = None
         self._train: Dataset | None = None
+        self._train_count: int | None = None
         self._fingerprint: dict[str, Any] | None = None
         self._shared: dict[str, Shared] = {}
         self._total = 0
@@ -112,11 +113,14 @@ class AuditRunner:
         return self._train
 
     def train_rows(self) -> int:
-        """How many training rows the training steps will read, from the file names alone."""
-        from advkit.data import open_rows
+        """How many training rows there are to train on (the split, memory-capped), from the
+        file names alone and counted once; a fine-tuning reads at most ``fine_tune.rows`` of them."""
+        if self._train_count is None:
+            from advkit.data import open_rows
 
-        rows = open_rows(self.config.data, split="train", limit=self._train_limit(), image_size=self.config.image_size, crop_fraction=self.config.crop_fraction)
-        return min(len(rows), self._memory_rows(rows))
+            rows = open_rows(self.config.data, split="train", image_size=self.config.image_size, crop_fraction=self.config.crop_fraction)
+            self._train_count = min(len(rows), self._memory_rows(rows))
+        return self._train_count
 
     def _fine_tuning(self) -> bool:
         return fine_tunes(self.config, self.model().info.arch)
