@@ -454,11 +454,12 @@ def test_budgets_print_as_people_write_them():
     assert [budget(v) for v in (0.3, 0.2, 0.05, 0.25, 1.0, 0.0)] == ["0.3", "0.2", "0.05", "0.25", "1", "0"]
     assert [budget(v) for v in (1 / 255, 4 / 255, 8 / 255)] == ["1/255", "4/255", "8/255"]
     assert budget([1 / 255, 4 / 255]) == "1/255, 4/255" and budget(0.123456789) == "0.123457" and budget(None) == "None"
+    assert budget(100000) == "100000" and budget(300) == "300"  # counts stay counts
 
 
 def test_the_probe_measures_how_many_rows_stand_and_how_fast_the_others_fall(digits_model, digits_test):
     from advkit.audit.config import AuditConfig
-    from advkit.audit.estimate import PROBE_ROWS, PROBE_STEPS, Probe, probe_standing
+    from advkit.audit.estimate import PROBE_ROWS, PROBE_STEPS, Probe, Share, probe_standing
     from advkit.audit.plan import threat_for
     from advkit.registry import build_evasion
 
@@ -472,11 +473,17 @@ def test_the_probe_measures_how_many_rows_stand_and_how_fast_the_others_fall(dig
     pgd = build_evasion("pgd", threat_for(cfg, 0.3), {"steps": PROBE_STEPS, "restarts": 1})
     result = pgd(digits_model, digits_test.x[:PROBE_ROWS], digits_test.y[:PROBE_ROWS])
     assert abs(float((~result.success & result.clean_correct).float().mean()) - shares[0.3]) <= 2 / PROBE_ROWS
+    # the targeted phase only breaks rows the cross-entropy phase left standing
+    for eps, first in probe.fell_at.items():
+        if eps > 0:
+            assert all(t == 0.0 for f, t in zip(first, probe.targeted_at[eps], strict=True) if f != float("inf"))
     # a sweep at 0.3 carried from 0.05 attacks only the rows 0.05 left standing
-    attacked, standing, passes = probe.sweep(0.3, 0.05)
-    assert attacked == shares[0.05] and 0.0 <= standing <= 1.0 and passes >= 0
-    toy = Probe({0.1: (0.0, 1.0, float("inf"), 3.0), 0.2: (0.0, 1.0, 2.0, 1.0)})
-    assert toy.sweep(0.1, None) == (1.0, 0.25, 4.0 / 3) and toy.sweep(0.2, 0.1) == (0.25, 0.0, 2.0)
+    share = probe.sweep(0.3, 0.05)
+    assert share.attacked == shares[0.05] and 0.0 <= share.hard <= share.standing <= 1.0 and share.falling >= 0
+    inf = float("inf")
+    toy = Probe({0.1: (0.0, 1.0, inf, inf), 0.2: (0.0, 1.0, 2.0, inf)}, {0.1: (0.0, 0.0, 3.0, inf), 0.2: (0.0, 0.0, 0.0, inf)})
+    assert toy.sweep(0.1, None) == Share(1.0, 0.5, 0.5, 0.25, 3.0)
+    assert toy.sweep(0.2, 0.1) == Share(0.5, 0.5, 2.0, 0.5, 2.0)  # rows 2 and 3 attacked; row 3 stands both phases
 
 
 def test_a_poisoning_that_planted_nothing_does_not_blame_neural_cleanse():

@@ -110,7 +110,8 @@ def test_streamed_certify_equals_in_memory(digit_folder, tmp_path, monkeypatch):
 def test_the_audit_holds_only_the_rows_it_reads(digit_folder, tmp_path):
     """Training rows past fine_tune.rows are never decoded; a split too large for the memory cap is cut, and the report says so."""
     from advkit.audit.config import AuditConfig
-    from advkit.audit.runner import HELD_ROWS_SHARE, AuditRunner
+    from advkit.audit.rows import HELD_ROWS_SHARE
+    from advkit.audit.runner import AuditRunner
     from advkit.core.memory import set_memory_cap
 
     model = tmp_path / "model.pt"

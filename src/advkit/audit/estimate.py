@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -113,107 +113,146 @@ PROBE_ROWS, PROBE_STEPS = 32, 5
 
 
 @dataclass(frozen=True)
-class Probe:
-    """Per budget, the forward passes each probed row took to fall under a short PGD.
+class Share:
+    """What one attack step will face, as shares of the rows it is given.
 
-    0 for a row the model already gets wrong (no attack step needed), ``inf`` for a row
-    still standing after :data:`PROBE_STEPS` steps (it is estimated to stand every step).
+    ``attacked``: the rows it attacks at all (with carry, those the smaller budget left
+    standing); of those, ``standing`` stand the cross-entropy phase (a falling row costs
+    ``falling`` passes) and ``hard`` also stand the targeted phase (a row that falls
+    there costs ``hard_falling`` passes more).
+    """
+
+    attacked: float = 1.0
+    standing: float = 1.0
+    falling: float = FALLING_STEPS
+    hard: float = 1.0
+    hard_falling: float = FALLING_STEPS
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Per budget and probed row, the forward passes it took to fall under a short attack.
+
+    ``fell_at``: under cross-entropy PGD from the clean point (0 for a row the model
+    already gets wrong, ``inf`` for a row still standing after :data:`PROBE_STEPS`
+    steps); ``targeted_at``: for the rows that stood, under a targeted margin PGD towards
+    the runner-up class (what APGD-T, FAB-T and PGD's margin restarts add; 0 for rows
+    that had already fallen, ``inf`` for rows that stand both).
     """
 
     fell_at: dict[float, tuple[float, ...]]
+    targeted_at: dict[float, tuple[float, ...]] = field(default_factory=dict)
 
     def standing(self) -> dict[float, float]:
-        """The share of rows left standing, per eps (``report.json`` ``floor.probe_standing``)."""
+        """The share of rows left standing by the cross-entropy phase, per eps (``report.json`` ``floor.probe_standing``)."""
         return {eps: sum(math.isinf(v) for v in rows) / max(1, len(rows)) for eps, rows in self.fell_at.items()}
 
-    def sweep(self, eps: float, previous: float | None) -> tuple[float, float, float]:
-        """(attacked, standing, falling passes) of the step at ``eps``.
+    def at_zero(self) -> Share:
+        """The :class:`Share` of an attack at eps 0 (the zero-budget check): nothing can
+        fall but the rows the model already gets wrong, which retire at the first pass."""
+        rows = next(iter(self.fell_at.values()), ())
+        if not rows:
+            return Share()
+        right = sum(v != 0.0 for v in rows) / len(rows)
+        return Share(1.0, right, 1.0, right, FALLING_STEPS)
 
-        ``attacked`` is the share of rows attacked at all (with carry: those the smaller
-        budget ``previous`` left standing), ``standing`` the share of those that stand,
-        ``falling passes`` the mean passes a row that falls costs (:data:`FALLING_STEPS`
-        when none fell).
-        """
+    def sweep(self, eps: float, previous: float | None) -> Share:
+        """The :class:`Share` of the step at ``eps`` (carried from ``previous`` when given)."""
         rows = self.fell_at.get(eps)
         if not rows:
-            return 1.0, 1.0, FALLING_STEPS
-        keep = [i for i in range(len(rows)) if previous is None or math.isinf(self.fell_at.get(previous, rows)[i])]
+            return Share()
+        second = self.targeted_at.get(eps) or tuple(math.inf if math.isinf(v) else 0.0 for v in rows)
+        before = self.fell_at.get(previous, rows) if previous is not None else None
+        keep = [i for i in range(len(rows)) if before is None or math.isinf(before[i])]
         if not keep:
-            return 0.0, 0.0, FALLING_STEPS
+            return Share(0.0, 0.0, FALLING_STEPS, 0.0, FALLING_STEPS)
         fell = [rows[i] for i in keep if not math.isinf(rows[i])]
-        standing = 1.0 - len(fell) / len(keep)
-        return len(keep) / len(rows), standing, (sum(fell) / len(fell)) if fell else FALLING_STEPS
+        stood = [i for i in keep if math.isinf(rows[i])]
+        later = [second[i] for i in stood if not math.isinf(second[i])]
+        return Share(
+            attacked=len(keep) / len(rows),
+            standing=len(stood) / len(keep),
+            falling=sum(fell) / len(fell) if fell else FALLING_STEPS,
+            hard=(len(stood) - len(later)) / len(keep),
+            hard_falling=sum(later) / len(later) if later else FALLING_STEPS,
+        )
 
 
 def probe_standing(model: ModelHandle, x: torch.Tensor, y: torch.Tensor, config: AuditConfig) -> Probe:
     """How many rows a short PGD leaves standing on a model, and how fast the others fall.
 
     Attacks retire the rows they break, so their cost depends on how robust the model
-    is: PGD's own loop (:func:`advkit.attacks.evasion.steps.pgd`: first step eps from the
-    clean point, then steps of 2.5 eps / ``evasion.steps``, rows retiring as they fall)
-    for :data:`PROBE_STEPS` steps on :data:`PROBE_ROWS` rows per eps measures it before
-    the plan is estimated: a few hundred passes in all. A mitigated model, not trained
-    yet, is estimated as if every row stood (an upper bound); once its training step is
-    done the runner probes it too and re-estimates the steps left (``report.json``
+    is. Per eps, on :data:`PROBE_ROWS` rows, PGD's own loop
+    (:func:`advkit.attacks.evasion.steps.pgd`: first step eps from the clean point, then
+    steps of 2.5 eps / ``evasion.steps``, rows retiring as they fall) runs for
+    :data:`PROBE_STEPS` steps with cross-entropy (what APGD-CE and PGD's first restart
+    do), then on the rows still standing with a targeted margin loss towards the
+    runner-up class (what APGD-T, FAB-T and PGD's margin restarts add): a few hundred
+    passes in all, before the plan is estimated. A mitigated model, not trained yet, is
+    estimated as if every row stood (an upper bound); once its training step is done the
+    runner probes it too and re-estimates the steps left (``report.json``
     ``plan[].reestimated_seconds``).
     """
+    from advkit.attacks.evasion.apgd_losses import top_other_classes
     from advkit.attacks.evasion.steps import pgd
 
     xb, yb = model.to_device(x[:PROBE_ROWS]), y[:PROBE_ROWS].to(model.device)
     norm = config.evasion.norm
     fell_at: dict[float, tuple[float, ...]] = {}
+    targeted_at: dict[float, tuple[float, ...]] = {}
     with model.eval_mode():
-        wrong = model.predict(xb) != yb
+        clean = model.predict_logits(xb).to(xb.device)
+        wrong = clean.argmax(1) != yb
+        runner_up = top_other_classes(clean, yb, 1)[0]
         for eps in config.evasion.eps or []:
             if eps <= 0:
                 fell_at[eps] = tuple(0.0 if w else math.inf for w in wrong.tolist())
                 continue
-            run = pgd(
-                model.logits, xb, yb, eps=eps, norm=norm, steps=PROBE_STEPS, step_size=2.5 * eps / config.evasion.steps,
-                bounds=model.bounds, first_step=eps, track_best=False, evaluate_final=False, early_stop=True,
-            )
+            common = {"eps": eps, "norm": norm, "steps": PROBE_STEPS, "step_size": 2.5 * eps / config.evasion.steps, "bounds": model.bounds,
+                      "first_step": eps, "track_best": False, "evaluate_final": False, "early_stop": True}
+            run = pgd(model.logits, xb, yb, **common)
             assert run.reached_at is not None
-            fell_at[eps] = tuple(
-                0.0 if w else (float(r) if r > 0 else math.inf) for w, r in zip(wrong.tolist(), run.reached_at.tolist(), strict=True)
-            )
-    return Probe(fell_at)
+            first = [0.0 if w else (float(r) if r > 0 else math.inf) for w, r in zip(wrong.tolist(), run.reached_at.tolist(), strict=True)]
+            second = [0.0] * len(first)
+            stood = [i for i, v in enumerate(first) if math.isinf(v)]
+            if stood:
+                rows = torch.tensor(stood, device=xb.device)
+                again = pgd(model.logits, xb[rows], yb[rows], goal="targeted", target=runner_up[rows], loss="margin", **common)
+                assert again.reached_at is not None
+                for i, r in zip(stood, again.reached_at.tolist(), strict=True):
+                    second[i] = float(r) if r > 0 else math.inf
+            fell_at[eps], targeted_at[eps] = tuple(first), tuple(second)
+    return Probe(fell_at, targeted_at)
 
 
-def _attack_units(
-    name: str, rows: float, config: AuditConfig, standing: float = 1.0, attacked: float = 1.0, classes: int = 10,
-    falling: float = FALLING_STEPS,
-) -> tuple[float, float]:
-    """(forward+backward rows, forward rows) of one attack on ``rows`` rows.
-
-    ``attacked`` is the share of the rows a sweep still attacks (the others were broken at
-    a smaller eps), ``standing`` the share of those the attack will not break; a row that
-    falls costs ``falling`` passes (the probe's measure, else :data:`FALLING_STEPS`), a
-    row that stands every step.
-    """
+def _attack_units(name: str, rows: float, config: AuditConfig, share: Share | None = None, classes: int = 10) -> tuple[float, float]:
+    """(forward+backward rows, forward rows) of one attack on ``rows`` rows facing ``share``
+    (:class:`Share`; none: every row stands every step, the upper bound)."""
     from advkit.registry import lookup
 
+    share = share or Share()
     ev = config.evasion
     steps, restarts, queries = ev.steps, ev.restarts, ev.max_queries
     targets = max(1, min(ev.target_classes, classes - 1))  # APGD-T's and FAB-T's target classes
-    live = rows * attacked
-    stand = live * standing
+    live = rows * share.attacked
+    stand = live * share.standing
+    hard = live * min(share.hard, share.standing)
+    soft = stand - hard  # stand cross-entropy, fall to a targeted loss
     fall = live - stand
+    ce = fall * share.falling + stand * steps  # a cross-entropy run: the falling rows retire, the others run every step
     if name == "fgsm":
         return rows, rows
-    if name in ("pgd", "bim", "illc"):
-        runs = restarts if name == "pgd" else 1
-        return stand * steps * runs + fall * falling, rows
-    if name in ("apgd-ce", "apgd-dlr"):
-        return stand * steps + fall * falling, rows
-    if name == "apgd-t":
-        return stand * steps * targets + fall * falling, rows
-    if name == "fab":  # FAB-T by default: one gradient per step and target
-        return stand * steps * targets + fall * falling, rows
-    if name == "autoattack":  # APGD-CE on every row, then APGD-T, FAB-T (one gradient per step and target) and Square on the rows still standing
-        return stand * steps * (1 + 2 * targets) + fall * falling, rows + stand * (queries + 2)
+    if name == "pgd":  # restart 1 cross-entropy, restarts 2.. the margin loss on the rows still standing
+        return ce + (soft * share.hard_falling + hard * steps * (restarts - 1) if restarts > 1 else 0.0), rows
+    if name in ("bim", "illc", "apgd-ce", "apgd-dlr"):
+        return ce, rows
+    if name in ("apgd-t", "fab"):  # targeted (FAB-T by default): one gradient per step and target
+        return fall * share.falling + soft * share.hard_falling + hard * steps * targets, rows
+    if name == "autoattack":  # APGD-CE on every row, APGD-T on those standing, FAB-T and Square on those still standing
+        return ce + soft * share.hard_falling + hard * steps * 2 * targets, rows + hard * (queries + 2)
     if lookup(name, "evasion").knowledge != "white":
-        return 0.0, rows + stand * (queries + 2) + fall * falling * 10
-    return stand * steps + fall * falling, rows
+        return 0.0, rows + stand * (queries + 2) + fall * share.falling * 10
+    return ce, rows
 
 
 def step_units(
@@ -231,18 +270,19 @@ def step_units(
     if kind == "provenance":
         return 2 * min(eval_rows, 256), 2 * eval_rows
     if kind == "evasion":
-        standing, attacked, falling = 1.0, 1.0, FALLING_STEPS
+        share = None
         probe = (probes or {}).get(step.inputs["target"])
         if probe is not None:
             eps = step.inputs["eps"]
             smaller = [e for e in config.evasion.eps or [] if e < eps] if step.inputs.get("carry_from") else []
-            attacked, standing, falling = probe.sweep(eps, max(smaller) if smaller else None)
-        backward, forward = _attack_units(step.inputs["attack"], attack_rows, config, standing, attacked, classes, falling)
+            share = probe.sweep(eps, max(smaller) if smaller else None)
+        backward, forward = _attack_units(step.inputs["attack"], attack_rows, config, share, classes)
         if not step.inputs.get("carry_from"):  # the sweep's zero-budget check: the attack at eps 0, where every row stands
             from advkit.audit.steps import EPS_ZERO_ROWS
 
             zero_rows = min(attack_rows, EPS_ZERO_ROWS)
-            zb, zf = (0.0, 2.0 * zero_rows) if step.inputs["attack"] == "autoattack" else _attack_units(step.inputs["attack"], zero_rows, config, classes=classes)
+            zero = probe.at_zero() if probe is not None else None
+            zb, zf = (0.0, 2.0 * zero_rows) if step.inputs["attack"] == "autoattack" else _attack_units(step.inputs["attack"], zero_rows, config, zero, classes)
             backward, forward = backward + zb, forward + zf
         return backward, forward
     if kind == "gradient-masking":  # one input gradient and one forward on at most 256 rows (an escalation to Square is not counted)

@@ -21,6 +21,8 @@ from typing import Any
 from advkit.audit.config import AuditConfig, fine_tunes, with_data_defaults
 from advkit.audit.plan import Step, build_plan, closure, step_slug
 from advkit.audit.record import RunRecord
+from advkit.audit.reestimate import eta_text, plan_estimates, reestimate_after
+from advkit.audit.rows import count_rows, held_rows
 from advkit.audit.steps import STEP_KINDS
 from advkit.audit.tasks import StepTask, TaskOutcome, run_step_task
 from advkit.audit.workspace import Progress, StepContext, Workspace
@@ -32,7 +34,6 @@ from advkit.fileio import atomic_path, write_json
 
 Notify = Callable[[str], None]
 
-HELD_ROWS_SHARE = 0.25  # of the memory cap: the most the evaluation rows, and the training rows, each take in memory
 SHARDS_PER_WORKER = 8  # CERTIFY shards per worker: small enough that the last ones even out
 LONGEST_FIRST = {"adversarial-training": 4, "poisoning": 4, "certified-training": 4, "denoiser-training": 4, "inspect": 3, "certification": 2, "backdoor-mitigation": 2}
 
@@ -97,62 +98,31 @@ class AuditRunner:
         return self._model
 
     def eval_data(self) -> Dataset:
-        """The evaluation rows, held in memory: the split (its first ``limit`` rows), at most
-        what fits in :data:`HELD_ROWS_SHARE` of the memory cap (a cap applied is recorded in
-        ``defaults_applied``)."""
+        """The evaluation rows, held in memory (:func:`advkit.audit.rows.held_rows`)."""
         if self._eval is None:
-            self._eval = self._held_rows(self.config.split, self.config.limit, "limit")
+            self._eval = held_rows(self.config, self.config.split, self.config.limit, "limit", self._row_caps)
         return self._eval
 
     def train_data(self) -> Dataset:
         """The defender's training rows: the train split, only its first ``fine_tune.rows``
-        when every training step fine-tunes (the rest is never decoded), memory-capped as
-        :meth:`eval_data`."""
+        when the audit fine-tunes (the rest is never decoded), memory-capped as :meth:`eval_data`."""
         if self._train is None:
-            self._train = self._held_rows("train", self._train_limit(), "fine_tune.rows" if self._fine_tuning() else "train rows")
+            fine_tuning = self._fine_tuning()
+            limit = self.config.fine_tune.rows if fine_tuning else None
+            self._train = held_rows(self.config, "train", limit, "fine_tune.rows" if fine_tuning else "train rows", self._row_caps)
         return self._train
 
     def train_rows(self) -> int:
-        """How many training rows there are to train on (the split, memory-capped), from the
-        file names alone and counted once; a fine-tuning reads at most ``fine_tune.rows`` of them."""
+        """How many training rows there are to train on (:func:`advkit.audit.rows.count_rows`, counted once)."""
         if self._train_count is None:
-            from advkit.data import open_rows
-
-            rows = open_rows(self.config.data, split="train", image_size=self.config.image_size, crop_fraction=self.config.crop_fraction)
-            self._train_count = min(len(rows), self._memory_rows(rows))
+            self._train_count = count_rows(self.config, "train")
         return self._train_count
 
     def _fine_tuning(self) -> bool:
-        return fine_tunes(self.config, self.model().info.arch)
-
-    def _train_limit(self) -> int | None:
-        return self.config.fine_tune.rows if self._fine_tuning() else None
-
-    def _memory_rows(self, rows: Any) -> int:
-        """How many of ``rows`` (a folder's, still on disk) fit in the share of the memory cap the audit holds rows in."""
-        from advkit.core.memory import memory_cap
-        from advkit.data import FolderRows
-
-        if not isinstance(rows, FolderRows):
-            return len(rows)
-        c, h, w = rows.input_shape
-        return max(1, int(memory_cap() * HELD_ROWS_SHARE) // (c * h * w * 4))
-
-    def _held_rows(self, split: str, limit: int | None, key: str) -> Dataset:
-        from advkit.data import open_rows
-
-        rows = open_rows(self.config.data, split=split, limit=limit, image_size=self.config.image_size, crop_fraction=self.config.crop_fraction)
-        fit = self._memory_rows(rows)
-        if len(rows) > fit:
-            c, h, w = rows.input_shape
-            self._row_caps.append({
-                "key": key,
-                "value": fit,
-                "because": f"the {split} split's {len(rows)} decoded rows would take {len(rows) * c * h * w * 4 / 2**30:.1f} GiB, "
-                f"over {HELD_ROWS_SHARE:.0%} of the memory cap; set {key} (or max_memory_gb) to choose",
-            })
-            rows = rows.head(fit)
-        return rows if isinstance(rows, Dataset) else rows.materialize()
+        """Whether the training steps fine-tune; with ``training: auto`` that needs the loaded model's arch (else: not known, read every row)."""
+        if self.config.training != "auto":
+            return self.config.training == "fine-tune"
+        return self._model is not None and fine_tunes(self.config, self._model.info.arch)
 
     def fingerprint(self) -> dict[str, Any]:
         """SHA-256 of the model file and every data file (the provenance manifest), computed once."""
@@ -238,7 +208,7 @@ class AuditRunner:
         if self.budget_minutes is not None:
 
             def total(config: AuditConfig) -> float:
-                return sum(e["estimated_seconds"] for e in self._estimates(config, self.plan(config)))
+                return sum(e["estimated_seconds"] for e in plan_estimates(self, config, self.plan(config)))
 
             train_rows = self.train_rows() if any(STEP_KINDS[s.kind].needs_train for s in plan) else 0
             self.config, self.cuts = fit_to_budget(self.config, total, self.budget_minutes * 60, len(self.eval_data()), train_rows)
@@ -246,17 +216,8 @@ class AuditRunner:
                 self.notify(f"--budget: {cut['key']} {budget_text(cut['from'])} -> {budget_text(cut['to'])} (estimate {cut['estimated_seconds']:.0f}s)")
             plan = self.plan()
             self._check_plan(plan)
-        self.estimates = self._estimates(self.config, plan)
+        self.estimates = plan_estimates(self, self.config, plan)
         return plan
-
-    def _estimates(self, config: AuditConfig, plan: list[Step]) -> list[dict[str, Any]]:
-        """Every step's cost from the timed floor (:mod:`advkit.audit.estimate`)."""
-        from advkit.audit.estimate import estimate_plan
-
-        model = self.model()
-        train_rows = self.train_rows() if any(STEP_KINDS[s.kind].needs_train for s in plan) else 0
-        probes = {"model": self.probe, **self.probes} if self.probe is not None else dict(self.probes)
-        return estimate_plan(plan, config, self.floor, len(self.eval_data()), train_rows, model.num_classes, model.info.arch or "", probes)
 
     def _check_plan(self, plan: list[Step]) -> None:
         """Steps that retrain need an architecture: say so before the first step runs."""
@@ -413,72 +374,9 @@ class AuditRunner:
         self.results[step.id] = result
         self.timings[step.id] = seconds
         write_json(self._step_path(step), {"id": step.id, "hash": step.hash, "seconds": seconds, "result": result})
-        self.notify(f"{seconds:6.1f}s  {step.id}{self._eta()}")
+        self.notify(f"{seconds:6.1f}s  {step.id}{eta_text(self)}")
         self._tick(len(self.results))
-        self._reestimate_after(step)
-
-    def _reestimate_after(self, step: Step) -> None:
-        """Re-estimate the steps left from what a finished step taught.
-
-        - A mitigated model's attacks were estimated as if every row stood (an upper
-          bound, what the budget was fitted to). Once it is trained, the runner probes it
-          (:func:`estimate.probe_standing`, as it probed the audited model) and
-          re-estimates its evasion steps from the rows it keeps.
-        - A Neural Cleanse inspection that flags no class leaves its repairs nothing to do.
-
-        The steps left get ``reestimated_seconds`` (the ETA uses them) and ``replans`` an
-        entry. No setting changes: the mitigated model is attacked on the same rows,
-        budgets and attacks as the audited one, so the two stay comparable.
-        """
-        import time
-
-        from advkit.audit.estimate import probe_standing
-
-        if self.floor is None or self.probe is None or not self.estimates or not hasattr(self, "_plan_steps"):
-            return
-        waiting = [s for s in self._plan_steps if s.id not in self.results]
-        entry: dict[str, Any] = {"after": step.id}
-        left_before = self._seconds_left()
-        if step.kind == "inspect":
-            repairs = [s.id for s in waiting if s.kind == "backdoor-mitigation" and s.inputs["inspect"] == step.id]
-            if not repairs or self.results[step.id].get("flagged"):
-                return
-            fresh = {s: 0.0 for s in repairs}
-            entry["reason"] = "Neural Cleanse flagged no class: its repairs have nothing to repair"
-        elif any(s.kind == "evasion" and s.inputs["target"] == step.id for s in waiting):
-            start = time.perf_counter()
-            trained = self._driver_workspace().trained_model(step.id)
-            self.probes[step.id] = probe_standing(trained, self.eval_data().x, self.eval_data().y, self.config)
-            entry["probe_seconds"] = time.perf_counter() - start
-            entry["probe_standing"] = {f"{eps:g}": share for eps, share in self.probes[step.id].standing().items()}
-            entry["reason"] = "the mitigated model, probed"
-            attacks = {s.id for s in waiting if s.kind == "evasion" and s.inputs["target"] == step.id}
-            fresh = {e["step"]: e["estimated_seconds"] for e in self._estimates(self.config, self._plan_steps) if e["step"] in attacks}
-        else:
-            return
-        for estimate in self.estimates:
-            name = estimate["step"]
-            if name in fresh and name not in self.results and fresh[name] != estimate.get("reestimated_seconds", estimate["estimated_seconds"]):
-                estimate["reestimated_seconds"] = fresh[name]
-        entry.update(seconds_left_before=left_before, seconds_left_after=self._seconds_left())
-        self.replans.append(entry)
-        took = f"{entry['probe_seconds']:6.1f}s  " if "probe_seconds" in entry else " " * 9
-        self.notify(f"{took}re-estimated after {step.id} ({entry['reason']}): steps left {left_before:.0f}s -> {entry['seconds_left_after']:.0f}s")
-
-    def _seconds_left(self) -> float:
-        """The current estimate of the steps not finished yet."""
-        return sum(e.get("reestimated_seconds", e["estimated_seconds"]) for e in self.estimates if e["step"] not in self.results)
-
-    def _eta(self) -> str:
-        """``  (about Ns left)``: the estimates of the steps still to run, scaled by how the
-        finished steps compared with their own estimates (the estimates are upper bounds)."""
-        estimated = {e["step"]: e.get("reestimated_seconds", e["estimated_seconds"]) for e in self.estimates}
-        ran = [s for s in self.timings if s in estimated and s not in self.cached]
-        spent, planned = sum(self.timings[s] for s in ran), sum(estimated[s] for s in ran)
-        left = sum(v for s, v in estimated.items() if s not in self.results)
-        if not left or planned <= 0:
-            return ""
-        return f"  (about {left * spent / planned / max(1, self.executor.workers):.0f}s left)"
+        reestimate_after(self, step)
 
     def _driver_workspace(self) -> Workspace:
         from advkit.models.portable import ResidentModel

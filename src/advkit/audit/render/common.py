@@ -29,6 +29,8 @@ def budget(value: Any) -> str:
         return ", ".join(budget(v) for v in value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, int):  # a count (rows, samples, queries)
+        return str(value)
     short = f"{value:.4g}"
     if abs(float(short) - value) <= 1e-12 * max(1.0, abs(value)):
         return short
