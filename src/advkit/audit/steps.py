@@ -23,9 +23,8 @@ from advkit.fileio import save_arrays
 from advkit.registry import build_evasion
 
 EXAMPLES = 8
-
-
 EPS_ZERO_ROWS = 64  # rows the zero-budget sanity check runs each attack on (attacks.sanity.check_eps_zero)
+
 
 def provenance(ctx: StepContext) -> dict[str, Any]:
     """SHA-256 of the model file and data files, plus the reliability checks."""
