@@ -43,7 +43,7 @@ class RunRecord:
             executor={**runner.executor.describe(), **runner.run_stats.to_dict()},
             defaults_applied=list(runner.defaults_applied),
             estimates=list(runner.estimates),
-            floor={**runner.floor.to_dict(), "probe_standing": {f"{eps:g}": share for eps, share in (runner.probe.standing() if runner.probe else {}).items()}}
+            floor={**runner.floor.to_dict(), "probe_standing": {f"{eps:g}": share for eps, share in (runner.probes["model"].standing() if "model" in runner.probes else {}).items()}}
             if runner.floor is not None
             else None,
             budget={"minutes": runner.budget_minutes, "cuts": list(runner.cuts)} if runner.budget_minutes is not None else None,

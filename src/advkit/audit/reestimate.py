@@ -22,8 +22,7 @@ def plan_estimates(runner: AuditRunner, config: AuditConfig, plan: list[Step]) -
 
     model = runner.model()
     train_rows = runner.train_rows() if any(STEP_KINDS[s.kind].needs_train for s in plan) else 0
-    probes = {"model": runner.probe, **runner.probes} if runner.probe is not None else dict(runner.probes)
-    return estimate_plan(plan, config, runner.floor, len(runner.eval_data()), train_rows, model.num_classes, model.info.arch or "", probes)
+    return estimate_plan(plan, config, runner.floor, len(runner.eval_data()), train_rows, model.num_classes, model.info.arch or "", runner.probes)
 
 
 def eta_text(runner: AuditRunner) -> str:
@@ -60,7 +59,7 @@ def reestimate_after(runner: AuditRunner, step: Step) -> None:
 
     from advkit.audit.estimate import probe_standing
 
-    if runner.floor is None or runner.probe is None or not runner.estimates or not hasattr(runner, "_plan_steps"):
+    if runner.floor is None or "model" not in runner.probes or not runner.estimates or not hasattr(runner, "_plan_steps"):
         return
     waiting = [s for s in runner._plan_steps if s.id not in runner.results]
     entry: dict[str, Any] = {"after": step.id}

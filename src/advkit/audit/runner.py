@@ -60,8 +60,9 @@ class AuditRunner:
         self.budget_minutes = budget_minutes
         self.cuts: list[dict[str, Any]] = []  # what --budget cut (advkit.audit.budget)
         self.floor: Any = None
-        self.probe: Any = None  # estimate.Probe: how many rows a short PGD leaves standing per eps, how fast the others fall
-        self.probes: dict[str, Any] = {}  # the same for each mitigated model, once trained (re-estimates)
+        # estimate.Probe per model ("model": the audited one, before the plan; a mitigated one once trained):
+        # how many rows a short PGD leaves standing per eps, how fast the others fall
+        self.probes: dict[str, Any] = {}
         self.replans: list[dict[str, Any]] = []  # [{after, probe_standing, probe_seconds, seconds_left_before, seconds_left_after}]
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -199,7 +200,7 @@ class AuditRunner:
         plan = self.plan()
         self._check_plan(plan)
         self.floor = measure_floor(self.model(), self.eval_data().x)
-        self.probe = probe_standing(self.model(), self.eval_data().x, self.eval_data().y, self.config)
+        self.probes["model"] = probe_standing(self.model(), self.eval_data().x, self.eval_data().y, self.config)
         if any(step.kind == "denoiser-training" for step in plan):
             from advkit.audit.estimate import measure_denoiser
             from advkit.audit.training_steps import DENOISER_DEPTH, DENOISER_WIDTH
