@@ -5,6 +5,9 @@
   ``mnist-cnn`` (28x28, two poolings) are its two zoo configurations.
 - ``ResNetSmall``: the CIFAR ResNet of He et al. (CVPR 2016, section 4.2) with
   ``6n + 2`` layers (``n=1`` gives ResNet-8, ``n=3`` ResNet-20) for 32x32 inputs.
+- ``LogisticRegression`` (``logreg``): flatten + one linear layer, for any image shape:
+  the linear victim of the data-poisoning literature (Steinhardt, Koh & Liang, "Certified
+  Defenses for Data Poisoning Attacks", NeurIPS 2017; Biggio et al., ICML 2012).
 """
 
 from __future__ import annotations
@@ -89,6 +92,17 @@ class ResNetSmall(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression on the flattened pixels: ``W vec(x) + b``."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(x)
+
+
 def _digits_cnn(**kw: Any) -> nn.Module:
     return SmallCNN(widths=(32, 64), pool_after=(False, True), hidden=128, **kw)
 
@@ -110,6 +124,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mnist-cnn": _mnist_cnn,
     "resnet8": _resnet8,
     "resnet20": _resnet20,
+    "logreg": LogisticRegression,
 }
 
 
