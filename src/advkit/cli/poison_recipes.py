@@ -1,0 +1,171 @@
+"""What ``advkit poison NAME`` does for each attack: the options it takes and how it runs.
+
+A :class:`Recipe` names its options; :meth:`Recipe.check_options` refuses any other one in
+a line that names the attacks taking it. ``run`` crafts the poisons, writes them through
+:mod:`advkit.attacks.poisoning.writer` (``poisoned.npz`` + ``manifest.json``), prints one
+line and returns the ``--json`` record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from advkit.cli.common import out, parse_floats
+from advkit.errors import AdvkitError
+
+if TYPE_CHECKING:
+    from advkit.attacks.poisoning.backdoor import BackdoorPoisoning, PatchTrigger
+    from advkit.data import Dataset
+    from advkit.models.train import Progress
+
+TRIGGER_OPTIONS = frozenset({"size", "position", "pattern", "values"})
+
+
+@dataclass
+class PoisonJob:
+    """One ``advkit poison`` run: the data, where it goes, and the options the user gave."""
+
+    data: str
+    out_dir: Path
+    train: Dataset
+    test: Dataset
+    options: dict[str, Any]
+    seed: int = 0
+    image_size: int | None = None
+    progress: Progress | None = None
+
+    def get(self, key: str, default: Any) -> Any:
+        return self.options.get(key, default)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + offset)
+
+    def class_option(self, key: str, default: int | None) -> int | None:
+        """A class given as ``--<key>``, checked against the data's classes."""
+        value = self.options.get(key, default)
+        if value is not None and not 0 <= int(value) < self.train.num_classes:
+            raise AdvkitError(f"--{key.replace('_', '-')} {value} is outside the data's classes 0..{self.train.num_classes - 1}")
+        return None if value is None else int(value)
+
+    def model(self, role: str) -> Any:
+        """The ``--model`` handle (required), checked to fit the data."""
+        from advkit.cli.common import load_model_and_data
+
+        spec = self.options.get("model")
+        if spec is None:
+            raise AdvkitError(f"{role}: --model is required")
+        handle, _ = load_model_and_data(spec, self.data, "test", 1, "cpu", image_size=self.image_size)
+        return handle
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    options: frozenset[str]
+    run: Callable[[PoisonJob], dict[str, Any]]
+    summary: str = ""
+
+    def check_options(self, given: dict[str, Any]) -> None:
+        for key in given:
+            if key not in self.options:
+                takers = sorted(r.name for r in RECIPES.values() if key in r.options)
+                flag = "--" + key.replace("_", "-")
+                raise AdvkitError(f"{flag} does not apply to {self.name}; it is taken by {', '.join(takers) or 'no attack'}")
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def recipe(name: str, options: set[str]) -> Callable[[Callable[[PoisonJob], dict[str, Any]]], Callable[[PoisonJob], dict[str, Any]]]:
+    def add(fn: Callable[[PoisonJob], dict[str, Any]]) -> Callable[[PoisonJob], dict[str, Any]]:
+        RECIPES[name] = Recipe(name, frozenset(options), fn)
+        return fn
+
+    return add
+
+
+def recipe_for(name: str) -> Recipe:
+    """The recipe of a registered poisoning attack, or one line listing the known ones."""
+    from advkit.registry import lookup
+
+    entry = lookup(name, "poisoning")
+    if entry.name not in RECIPES:
+        raise AdvkitError(f"advkit poison {entry.name}: not available from the command line")
+    return RECIPES[entry.name]
+
+
+def patch_trigger(job: PoisonJob) -> PatchTrigger:
+    """The patch trigger ``--size/--position/--pattern/--values`` describe."""
+    from advkit.attacks.poisoning import PatchTrigger
+
+    position: Any = job.get("position", "bottom-right")
+    if "," in position:
+        position = tuple(int(v) for v in parse_floats(position, "--position"))
+    values = job.get("values", None)
+    per_channel = tuple(parse_floats(values, "--values")) if values else None
+    return PatchTrigger(size=job.get("size", 3), position=position, pattern=job.get("pattern", "checkerboard"), values=per_channel, seed=job.seed)
+
+
+def _record(job: PoisonJob, poisoned: Any, npz: Path, **extra: Any) -> dict[str, Any]:
+    """The ``--json`` record every recipe returns."""
+    from advkit.attacks.poisoning.writer import MANIFEST_FILE
+
+    return {
+        "attack": poisoned.attack, "data": job.data, "rows": len(poisoned.y), "poisoned_rows": len(poisoned.rows),
+        "rate": poisoned.rate, "params": poisoned.params, "out": str(npz), "manifest": str(job.out_dir / MANIFEST_FILE), **extra,
+    }
+
+
+def _backdoor(job: PoisonJob, name: str) -> dict[str, Any]:
+    from advkit.attacks.poisoning import BadNets, Blend, BlendTrigger
+    from advkit.attacks.poisoning.writer import MANIFEST_FILE, write_backdoor
+
+    target = job.class_option("target", 0)
+    attack: BackdoorPoisoning
+    kwargs = {"target": target, "rate": job.get("rate", 0.1), "mode": job.get("mode", "all-to-one")}
+    if name == "badnets":
+        attack = BadNets(patch_trigger(job), **kwargs)
+    else:
+        attack = Blend(BlendTrigger(alpha=job.get("alpha", 0.2), seed=job.seed), **kwargs)
+    poisoned = attack(job.train.x, job.train.y, num_classes=job.train.num_classes, generator=job.generator())
+    npz = write_backdoor(job.out_dir, job.data, job.train, job.test, poisoned, attack)
+    out.print(
+        f"poisoned {len(poisoned.rows)} of {len(poisoned.y)} rows of {job.data}:train with {attack.name} "
+        f"(target {attack.target}, {attack.mode}); wrote {npz} and {job.out_dir / MANIFEST_FILE}"
+    )
+    return _record(job, poisoned, npz)
+
+
+@recipe("badnets", {"target", "rate", "mode"} | TRIGGER_OPTIONS)
+def badnets(job: PoisonJob) -> dict[str, Any]:
+    return _backdoor(job, "badnets")
+
+
+@recipe("blend", {"target", "rate", "mode", "alpha"})
+def blend(job: PoisonJob) -> dict[str, Any]:
+    return _backdoor(job, "blend")
+
+
+@recipe("pacd", {"target", "eps", "method", "sigma", "arch", "steps"})
+def pacd(job: PoisonJob) -> dict[str, Any]:
+    from advkit.attacks.poisoning import PACD
+    from advkit.attacks.poisoning.writer import MANIFEST_FILE, poison_pacd
+
+    attack = PACD(
+        target=job.class_option("target", 0), eps=job.get("eps", 0.2), method=job.get("method", "gaussian"),
+        sigma=job.get("sigma", 0.25), outer_steps=job.get("steps", 150),
+    )
+    poisoned, npz = poison_pacd(job.out_dir, job.data, job.train, job.test, attack, job.get("arch", None), job.seed, progress=job.progress)
+    out.print(
+        f"PACD perturbed {len(poisoned.rows)} of {len(poisoned.y)} rows of {job.data}:train (class {attack.target}, "
+        f"labels kept, max |delta| {poisoned.params['max_perturbation']:.3f}); wrote {npz} and {job.out_dir / MANIFEST_FILE}"
+    )
+    return _record(job, poisoned, npz)
+
+
+__all__ = ["RECIPES", "PoisonJob", "Recipe", "recipe_for"]
