@@ -143,6 +143,8 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "advkit.attacks.evasion.square",
     "advkit.attacks.extraction",
     "advkit.attacks.poisoning.backdoor",
+    "advkit.attacks.poisoning.clean_label",
+    "advkit.attacks.poisoning.gradient_matching",
     "advkit.attacks.poisoning.pacd",
     "advkit.certify.smoothing",
     "advkit.certify.training",

@@ -168,4 +168,59 @@ def pacd(job: PoisonJob) -> dict[str, Any]:
     return _record(job, poisoned, npz)
 
 
+def _rows_option(job: PoisonJob, key: str) -> list[int]:
+    """``--target-row I[,J]``: test rows, checked against the test split."""
+    text = job.options.get(key)
+    flag = "--" + key.replace("_", "-")
+    if text is None:
+        raise AdvkitError(f"{flag} is required (test row index, or several separated by commas)")
+    try:
+        rows = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise AdvkitError(f"{flag} takes row indices separated by commas; got {text!r}") from None
+    for row in rows:
+        if not 0 <= row < len(job.test):
+            raise AdvkitError(f"{flag} {row} is outside the test split's rows 0..{len(job.test) - 1}")
+    return rows
+
+
+@recipe("gradient-matching", {"model", "target_row", "adversarial_class", "rate", "eps", "steps"})
+def gradient_matching(job: PoisonJob) -> dict[str, Any]:
+    from advkit.attacks.poisoning import GradientMatching
+    from advkit.attacks.poisoning.writer import MANIFEST_FILE, save_poisoned
+
+    rows = _rows_option(job, "target_row")
+    adversarial = job.class_option("adversarial_class", None)
+    if adversarial is None:
+        raise AdvkitError("--adversarial-class is required: the class the target row(s) should get")
+    attack = GradientMatching(target_row=tuple(rows), adversarial_class=adversarial, rate=job.get("rate", 0.01), eps=job.get("eps", 16 / 255), steps=job.get("steps", 240))
+    surrogate = job.model("gradient-matching")
+    poisoned = attack(surrogate, job.train.x, job.train.y, job.test.x, job.test.y, generator=job.generator(), progress=job.progress)
+    poisoned.params.pop("alignment_history", None)  # one float per step: kept out of the manifest
+    arrays = {"x_target": job.test.x[rows], "y_target": job.test.y[rows]}
+    npz = save_poisoned(job.out_dir, job.data, job.train, job.test, poisoned, attack.name, poisoned.params, arrays, {})
+    out.print(
+        f"gradient matching perturbed {len(poisoned.rows)} of {len(poisoned.y)} rows of {job.data}:train (class {adversarial}, labels kept, "
+        f"alignment {poisoned.params['alignment_start']:.2f} -> {poisoned.params['alignment_final']:.2f}) so that test row(s) {rows} "
+        f"become class {adversarial} once a victim trains on them; wrote {npz} and {job.out_dir / MANIFEST_FILE}"
+    )
+    return _record(job, poisoned, npz)
+
+
+@recipe("clean-label", {"model", "target", "rate", "eps", "steps"} | TRIGGER_OPTIONS)
+def clean_label(job: PoisonJob) -> dict[str, Any]:
+    from advkit.attacks.poisoning import CleanLabel
+    from advkit.attacks.poisoning.writer import MANIFEST_FILE, write_backdoor
+
+    attack = CleanLabel(target=job.class_option("target", 0), rate=job.get("rate", 0.05), eps=job.get("eps", 64 / 255), steps=job.get("steps", 20), trigger=patch_trigger(job))
+    model = job.model("clean-label (the attacker's model that hardens the images; --eps 0 needs none)") if attack.eps > 0 or "model" in job.options else None
+    poisoned = attack(model, job.train.x, job.train.y, num_classes=job.train.num_classes, generator=job.generator())
+    npz = write_backdoor(job.out_dir, job.data, job.train, job.test, poisoned, attack)
+    out.print(
+        f"clean-label backdoor: {len(poisoned.rows)} rows of class {attack.target} in {job.data}:train hardened (eps {attack.eps:.3g}) "
+        f"and stamped, labels kept; wrote {npz} and {job.out_dir / MANIFEST_FILE}"
+    )
+    return _record(job, poisoned, npz)
+
+
 __all__ = ["RECIPES", "PoisonJob", "Recipe", "recipe_for"]

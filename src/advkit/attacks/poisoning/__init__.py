@@ -9,6 +9,11 @@ from advkit.attacks.poisoning.backdoor import (
     backdoor_success_rate,
     stamp,
 )
+from advkit.attacks.poisoning.clean_label import CleanLabel
+from advkit.attacks.poisoning.gradient_matching import GradientMatching, target_success
 from advkit.attacks.poisoning.pacd import PACD, soft_radius
 
-__all__ = ["PACD", "BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "PatchTrigger", "backdoor_success_rate", "soft_radius", "stamp"]
+__all__ = [
+    "PACD", "BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "CleanLabel", "GradientMatching", "PatchTrigger",
+    "backdoor_success_rate", "soft_radius", "stamp", "target_success",
+]

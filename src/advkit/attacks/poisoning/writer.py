@@ -24,6 +24,7 @@ import torch
 
 if TYPE_CHECKING:
     from advkit.attacks.poisoning.backdoor import BackdoorPoisoning
+    from advkit.attacks.poisoning.clean_label import CleanLabel
     from advkit.attacks.poisoning.pacd import PACD
     from advkit.core import PoisonedData
     from advkit.data.dataset import Dataset
@@ -80,18 +81,21 @@ def save_poisoned(
     return npz
 
 
-def write_backdoor(out_dir: Path, data: str, train_set: Dataset, test_set: Dataset, poisoned: PoisonedData, attack: BackdoorPoisoning) -> Path:
+def write_backdoor(out_dir: Path, data: str, train_set: Dataset, test_set: Dataset, poisoned: PoisonedData, attack: BackdoorPoisoning | CleanLabel) -> Path:
     """A backdoor's set: the poisoned split plus the triggered test rows and the trigger itself.
 
-    The triggered test rows leave out the target class for all-to-one backdoors (a row
-    already of the target class says nothing about the trigger). Returns the npz path.
+    Any attack with a ``trigger``, a ``target`` and (default all-to-one) a ``mode``: BadNets,
+    blend, the clean-label backdoor. The triggered test rows leave out the target class for
+    all-to-one backdoors (a row already of the target class says nothing about the
+    trigger). Returns the npz path.
     """
     from advkit.attacks.poisoning.backdoor import backdoor_labels
 
+    mode = getattr(attack, "mode", "all-to-one")
     mask, pattern = attack.trigger.mask_and_pattern(train_set.input_shape)
-    keep = test_set.y != attack.target if attack.mode == "all-to-one" else torch.ones_like(test_set.y, dtype=torch.bool)
+    keep = test_set.y != attack.target if mode == "all-to-one" else torch.ones_like(test_set.y, dtype=torch.bool)
     triggered = attack.trigger.apply(test_set.x[keep])
-    backdoor_y = backdoor_labels(test_set.y[keep], attack.target, attack.mode, train_set.num_classes)
+    backdoor_y = backdoor_labels(test_set.y[keep], attack.target, mode, train_set.num_classes)
     arrays = {
         "x_test_triggered": triggered, "y_test_backdoor": backdoor_y, "trigger_mask": mask, "trigger_pattern": pattern,
     }
