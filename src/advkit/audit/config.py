@@ -69,6 +69,9 @@ class EvasionConfig(_Strict):
         return names
 
 
+CLEAN_LABEL_RATE = 0.05
+
+
 class TriggerConfig(_Strict):
     size: int = Field(3, ge=1)
     position: str | list[int] = "bottom-right"
@@ -78,13 +81,33 @@ class TriggerConfig(_Strict):
 
 
 class PoisoningConfig(_Strict):
-    """One backdoor scenario: poison the train split, train a model on it."""
+    """One backdoor scenario: poison the train split, train a model on it.
 
-    attack: Literal["badnets", "blend"] = "badnets"
+    ``clean-label`` (Turner et al. 2019) hardens target-class rows with an Linf PGD
+    perturbation of budget ``eps`` on the audited model, then stamps the patch trigger;
+    labels stay. Its ``rate`` defaults to 0.05 (about half the target class of a 10-class
+    set); it is all-to-one only.
+    """
+
+    attack: Literal["badnets", "blend", "clean-label"] = "badnets"
     target: int = Field(0, ge=0)
     rate: float = Field(0.1, gt=0, le=1)
     mode: Literal["all-to-one", "all-to-all"] = "all-to-one"
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
+    eps: float | None = Field(None, ge=0, description="clean-label: Linf budget of the hardening perturbation (default 64/255)")
+
+    @model_validator(mode="after")
+    def _settings_fit_the_attack(self) -> PoisoningConfig:
+        if self.attack == "clean-label":
+            if self.mode != "all-to-one":
+                raise ValueError("clean-label backdoors are all-to-one (the poisoned rows keep their target-class labels)")
+            if "rate" not in self.model_fields_set:
+                self.rate = CLEAN_LABEL_RATE
+            if self.rate >= 1:
+                raise ValueError(f"clean-label: rate must be < 1; got {self.rate}")
+        elif self.eps is not None:
+            raise ValueError(f"eps applies to clean-label scenarios, not {self.attack}")
+        return self
 
 
 class AdversarialTrainingConfig(_Strict):

@@ -159,12 +159,16 @@ def threat_for(config: AuditConfig, eps: float, attack: str | None = None) -> Th
 
 
 def scenario_trigger(scenario: PoisoningConfig) -> Any:
-    """The poisoning attack a scenario describes (BadNets patch or blend)."""
-    from advkit.attacks.poisoning import BadNets, Blend, BlendTrigger, PatchTrigger
+    """The poisoning attack a scenario describes (BadNets patch, blend, or the clean-label backdoor)."""
+    from advkit.attacks.poisoning import BadNets, Blend, BlendTrigger, CleanLabel, PatchTrigger
 
     t = scenario.trigger
-    if scenario.attack == "badnets":
+    if scenario.attack in ("badnets", "clean-label"):
         position: Any = tuple(t.position) if isinstance(t.position, list) else t.position
         values = tuple(t.values) if t.values is not None else None
-        return BadNets(PatchTrigger(size=t.size, position=position, pattern=t.pattern, values=values), target=scenario.target, rate=scenario.rate, mode=scenario.mode)
+        patch = PatchTrigger(size=t.size, position=position, pattern=t.pattern, values=values)
+        if scenario.attack == "clean-label":
+            budget = {} if scenario.eps is None else {"eps": scenario.eps}  # else the attack's default
+            return CleanLabel(target=scenario.target, rate=scenario.rate, trigger=patch, **budget)
+        return BadNets(patch, target=scenario.target, rate=scenario.rate, mode=scenario.mode)
     return Blend(BlendTrigger(alpha=t.alpha), target=scenario.target, rate=scenario.rate, mode=scenario.mode)

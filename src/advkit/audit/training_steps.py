@@ -92,7 +92,10 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
     info = ctx.env.model().info if _fine_tuning(ctx) else _trainable(ctx, "the poisoning scenario")[1]
     if scenario.target >= info.num_classes:
         raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
-    poisoned = attack(train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
+    if scenario.attack == "clean-label":  # the attacker hardens the target-class rows on the audited model
+        poisoned = attack(ctx.env.model(), train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
+    else:
+        poisoned = attack(train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
     name = ctx.step.id.split("/", 1)[1]
     result = _train(ctx, poisoned.x, poisoned.y, "standard", None, {"objective": "standard", "poisoned": attack.name}, f"poisoned-{name}")
     data = ctx.env.eval_data()
