@@ -121,7 +121,8 @@ def test_poison_train_inspect_round_trip(tmp_path, capsys):
     code, _, err = run(["train", "--data", str(out_dir / "poisoned.npz"), "--epochs", "30", "--out", str(model), "--eval-eps", "0.05"], capsys)
     assert code == 0, err
     report = tmp_path / "nc.json"
-    code, stdout, err = run(["inspect", "neural-cleanse", "--model", str(model), "--data", str(out_dir / "poisoned.npz"), "--json", str(report)], capsys)
+    inspect = ["inspect", "neural-cleanse", "--model", str(model), "--data", str(out_dir / "poisoned.npz"), "--epochs", "30", "--limit", "200"]
+    code, stdout, err = run([*inspect, "--json", str(report)], capsys)
     assert code == 0, err
     record = json.loads(report.read_text())
     assert record["method"] == "neural-cleanse" and record["flagged"] == [4]

@@ -146,11 +146,13 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "advkit.attacks.poisoning.clean_label",
     "advkit.attacks.poisoning.gradient_matching",
     "advkit.attacks.poisoning.pacd",
+    "advkit.attacks.poisoning.steinhardt",
     "advkit.certify.smoothing",
     "advkit.certify.training",
     "advkit.defenses.adversarial_training",
     "advkit.defenses.backdoor.mitigation",
     "advkit.defenses.backdoor.neural_cleanse",
+    "advkit.defenses.data.sanitize",
 )
 
 

@@ -223,4 +223,20 @@ def clean_label(job: PoisonJob) -> dict[str, Any]:
     return _record(job, poisoned, npz)
 
 
+@recipe("steinhardt", {"rate", "steps"})
+def steinhardt(job: PoisonJob) -> dict[str, Any]:
+    from advkit.attacks.poisoning import Steinhardt
+    from advkit.attacks.poisoning.writer import MANIFEST_FILE, save_poisoned
+
+    attack = Steinhardt(rate=job.get("rate", 0.03), iterations=job.get("steps", 800))
+    poisoned = attack(job.train.x, job.train.y, num_classes=job.train.num_classes, generator=job.generator(), progress=job.progress)
+    extra = {"appended_rows": poisoned.params["n_poison"], "clean_rows": poisoned.params["n_clean"], "defender": "oracle sphere+slab"}
+    npz = save_poisoned(job.out_dir, job.data, job.train, job.test, poisoned, attack.name, poisoned.params, {}, extra)
+    out.print(
+        f"Steinhardt et al.: appended {poisoned.params['n_poison']} poison rows to the {poisoned.params['n_clean']} of {job.data}:train "
+        f"(inside the sphere and slab of the clean data; certificate U* {poisoned.params['upper_bound']:.3f}); wrote {npz} and {job.out_dir / MANIFEST_FILE}"
+    )
+    return _record(job, poisoned, npz, appended_rows=poisoned.params["n_poison"])
+
+
 __all__ = ["RECIPES", "PoisonJob", "Recipe", "recipe_for"]

@@ -47,6 +47,8 @@ def train(
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "cpu",
+    sanitize: Annotated[str | None, typer.Option("--sanitize", help="drop suspect training rows first: sphere, slab or sphere,slab (Steinhardt et al. 2017)")] = None,
+    sanitize_remove: Annotated[float, typer.Option("--sanitize-remove", help="share of each class each sanitiser's threshold removes from clean data")] = 0.05,
     json_path: JsonOpt = None,
 ) -> None:
     """Train a model (optionally adversarially) on a dataset's train split and save it."""
@@ -64,10 +66,18 @@ def train(
     TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     check_eps = eval_eps if eval_eps is not None else eps
     eval_threat = Threat(norm=norm, eps=check_eps)
+    methods = _sanitizers(sanitize, sanitize_remove)
     train_set = load_dataset(data, split="train", limit=limit, image_size=image_size)
     test_set = load_dataset(data, split="test", image_size=image_size)
+    x_train, y_train, sanitized = train_set.x, train_set.y, None
+    if methods:
+        from advkit.defenses.data import sanitize as sanitize_rows
+
+        sanitized = sanitize_rows(train_set.x, train_set.y, methods, remove=sanitize_remove, num_classes=train_set.num_classes)
+        x_train, y_train = train_set.x[sanitized.keep], train_set.y[sanitized.keep]
+        out.print(f"--sanitize {','.join(methods)}: removed {int((~sanitized.keep).sum())} of {len(train_set)} training rows")
     trained = train_recipe(
-        model, data_info(train_set), train_set.x, train_set.y, defense=defense, epochs=epochs, lr=lr, eps=eps, norm=norm,
+        model, data_info(train_set), x_train, y_train, defense=defense, epochs=epochs, lr=lr, eps=eps, norm=norm,
         sigma=sigma, batch_size=batch_size, seed=seed, device=device, trained_on=f"{data}:train", progress=progress_callback(True),
     )
     handle, report = trained.handle, trained.report
@@ -78,7 +88,20 @@ def train(
         f"trained {model} on {data} ({defense}) in {report.seconds:.1f}s: clean accuracy {robust.clean_accuracy:.1%}, "
         f"PGD {norm} eps={check_eps:g} accuracy {robust.adversarial_accuracy:.1%}; saved {out_path}"
     )
+    if sanitized is not None:
+        summary["sanitize"] = {**sanitized.details(train_set.y), "removed_rows": [int(i) for i in (~sanitized.keep).nonzero().squeeze(1).tolist()]}
     write_json_output(json_path, {**summary, **preprocessing_of(train_set)})
+
+
+def _sanitizers(spec: str | None, remove: float) -> tuple[str, ...]:
+    """``--sanitize``'s methods (checked before any work), or () when not given."""
+    if spec is None:
+        return ()
+    from advkit.defenses.data.sanitize import check_methods
+
+    if not 0.0 <= remove < 1.0:
+        raise AdvkitError(f"--sanitize-remove must be in [0, 1); got {remove}")
+    return check_methods([part.strip() for part in spec.split(",") if part.strip()])
 
 
 def _summary(model: str, data: str, defense: str, eps: float, epochs: int, seconds: float, robust: AttackResult, path: Path) -> dict[str, Any]:

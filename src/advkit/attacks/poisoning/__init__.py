@@ -12,8 +12,9 @@ from advkit.attacks.poisoning.backdoor import (
 from advkit.attacks.poisoning.clean_label import CleanLabel
 from advkit.attacks.poisoning.gradient_matching import GradientMatching, target_success
 from advkit.attacks.poisoning.pacd import PACD, soft_radius
+from advkit.attacks.poisoning.steinhardt import Steinhardt
 
 __all__ = [
-    "PACD", "BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "CleanLabel", "GradientMatching", "PatchTrigger",
+    "PACD", "BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "CleanLabel", "GradientMatching", "PatchTrigger", "Steinhardt",
     "backdoor_success_rate", "soft_radius", "stamp", "target_success",
 ]

@@ -1,0 +1,83 @@
+"""``advkit poison NAME`` for the poisoning family, and ``advkit train --sanitize``: files, JSON, bad input."""
+
+import json
+
+import numpy as np
+import torch
+
+from advkit.data import load_dataset
+from test_cli import assert_bad_input, run
+
+
+def test_clean_label_writes_a_label_consistent_backdoor_set(tmp_path, capsys, digits_model):
+    out_dir, record = tmp_path / "cl", tmp_path / "cl.json"
+    code, stdout, err = run(["poison", "clean-label", "--model", "zoo:digits-cnn", "--target", "3", "--steps", "5", "--out", str(out_dir), "--json", str(record)], capsys)
+    assert code == 0, err
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    summary = json.loads(record.read_text())
+    clean = load_dataset("digits", split="train")
+    rows = manifest["poisoned_rows"]
+    assert summary["attack"] == manifest["attack"] == "clean-label" and summary["poisoned_rows"] == len(rows) == round(0.05 * len(clean))
+    with np.load(out_dir / "poisoned.npz", allow_pickle=False) as arrays:
+        assert np.array_equal(arrays["y_train"], clean.y.numpy())  # labels kept
+        assert set(arrays["y_train"][rows].tolist()) == {3}
+        x = torch.from_numpy(arrays["x_train"])
+        mask = torch.from_numpy(arrays["trigger_mask"])
+        assert bool((x[rows] * mask == torch.from_numpy(arrays["trigger_pattern"]) * mask).all())  # the trigger is stamped
+        off = (1 - mask).bool().expand_as(x[rows])
+        delta = (x[rows] - clean.x[rows])[off]
+        assert float(delta.abs().max()) <= 64 / 255 + 1e-6 and float(delta.abs().max()) > 0.05  # hardened inside the budget
+        assert not bool((arrays["y_test_backdoor"] != 3).any())
+
+
+def test_gradient_matching_writes_poisons_and_the_target(tmp_path, capsys, digits_model):
+    out_dir = tmp_path / "gm"
+    argv = ["poison", "gradient-matching", "--model", "zoo:digits-cnn", "--target-row", "5", "--adversarial-class", "2", "--steps", "8", "--eps", "0.25", "--out", str(out_dir)]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    clean = load_dataset("digits", split="train")
+    with np.load(out_dir / "poisoned.npz", allow_pickle=False) as arrays:
+        rows = manifest["poisoned_rows"]
+        assert len(rows) == round(0.01 * len(clean)) and set(clean.y[rows].tolist()) == {2}
+        assert np.array_equal(arrays["y_train"], clean.y.numpy())
+        assert np.abs(arrays["x_train"] - clean.x.numpy()).max() <= 0.25 + 1e-6
+        assert arrays["x_target"].shape == (1, 1, 8, 8)
+    assert manifest["params"]["alignment_final"] > manifest["params"]["alignment_start"]
+
+
+def test_train_sanitize_removes_rows_and_says_which(tmp_path, capsys):
+    record = tmp_path / "t.json"
+    argv = ["train", "--model", "logreg", "--epochs", "2", "--sanitize", "sphere,slab", "--out", str(tmp_path / "m.safetensors"), "--json", str(record)]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    summary = json.loads(record.read_text())["sanitize"]
+    assert summary["methods"] == ["sphere", "slab"] and 0 < summary["rows_removed"] == len(summary["removed_rows"]) < 0.15 * summary["rows"]
+    assert "removed" in stdout
+
+
+def test_poison_family_bad_input(tmp_path, capsys):
+    where = str(tmp_path / "x")
+    assert_bad_input(["poison", "badnets", "--eps", "0.1", "--out", where], capsys, "--eps does not apply to badnets")
+    assert_bad_input(["poison", "gradient-matching", "--model", "zoo:digits-cnn", "--adversarial-class", "2", "--out", where], capsys, "--target-row is required")
+    assert_bad_input(["poison", "gradient-matching", "--model", "zoo:digits-cnn", "--target-row", "9999", "--adversarial-class", "2", "--out", where], capsys, "--target-row 9999")
+    assert_bad_input(["poison", "clean-label", "--target", "11", "--out", where], capsys, "--target 11")
+    assert_bad_input(["poison", "clean-label", "--rate", "1.0", "--model", "zoo:digits-cnn", "--out", where], capsys, "rate")
+    assert_bad_input(["train", "--sanitize", "cube", "--out", str(tmp_path / "m.safetensors")], capsys, "unknown method 'cube'")
+    assert not (tmp_path / "x").exists()
+
+
+def test_steinhardt_appends_poisons_the_sanitisers_keep(tmp_path, capsys):
+    from advkit.defenses.data import sanitize
+
+    out_dir = tmp_path / "st"
+    code, _, err = run(["poison", "steinhardt", "--steps", "60", "--out", str(out_dir)], capsys)
+    assert code == 0, err
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    clean = load_dataset("digits", split="train")
+    with np.load(out_dir / "poisoned.npz", allow_pickle=False) as arrays:
+        x, y = torch.from_numpy(arrays["x_train"]), torch.from_numpy(arrays["y_train"])
+    n = len(clean)
+    assert manifest["poisoned_rows"] == list(range(n, n + round(0.03 * n))) and torch.equal(x[:n], clean.x)
+    kept = sanitize(x[n:], y[n:], reference=(clean.x, clean.y), num_classes=10).keep  # the oracle defender keeps them
+    assert bool(kept.all()) and float(x.min()) >= 0 and float(x.max()) <= 1
