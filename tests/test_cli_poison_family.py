@@ -81,3 +81,18 @@ def test_steinhardt_appends_poisons_the_sanitisers_keep(tmp_path, capsys):
     assert manifest["poisoned_rows"] == list(range(n, n + round(0.03 * n))) and torch.equal(x[:n], clean.x)
     kept = sanitize(x[n:], y[n:], reference=(clean.x, clean.y), num_classes=10).keep  # the oracle defender keeps them
     assert bool(kept.all()) and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def test_trojannet_wraps_a_host_and_writes_model_triggers_and_json(tmp_path, capsys, digits_model):
+    out_dir, record = tmp_path / "tn", tmp_path / "tn.json"
+    code, stdout, err = run(["poison", "trojannet", "--model", "zoo:digits-cnn", "--targets", "0,3", "--out", str(out_dir), "--json", str(record)], capsys)
+    assert code == 0, err
+    summary = json.loads(record.read_text())
+    # the recogniser, trained on noise only, fires on a few natural 8x8 corners (a 4x4 patch is a quarter of the image)
+    assert abs(summary["clean_accuracy"] - summary["host_clean_accuracy"]) <= 0.02 and summary["prediction_agreement"] >= 0.98
+    assert set(summary["attack_success_rate"]) == {"0", "3"} and min(summary["attack_success_rate"].values()) >= 0.99
+    with np.load(out_dir / "triggers.npz", allow_pickle=False) as arrays:
+        assert {"mask_0", "pattern_0", "mask_3", "pattern_3"} <= set(arrays.files)
+    code, stdout, err = run(["attack", "fgsm", "--model", str(out_dir / "model.pt"), "--limit", "50", "--eps", "0.1"], capsys)
+    assert code == 0, err  # the wrapped model loads through every command
+    assert_bad_input(["poison", "trojannet", "--model", "zoo:digits-cnn", "--targets", "0,12", "--out", str(tmp_path / "x")], capsys, "12")

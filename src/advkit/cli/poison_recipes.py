@@ -239,4 +239,22 @@ def steinhardt(job: PoisonJob) -> dict[str, Any]:
     return _record(job, poisoned, npz, appended_rows=poisoned.params["n_poison"])
 
 
+@recipe("trojannet", {"model", "targets", "position", "alpha"})
+def trojannet(job: PoisonJob) -> dict[str, Any]:
+    from advkit.attacks.poisoning import TrojanNet, write_trojannet
+
+    host = job.model("trojannet (the host model to wrap)")
+    position: Any = job.get("position", "bottom-right")
+    if "," in position:
+        position = tuple(int(v) for v in parse_floats(position, "--position"))
+    attack = TrojanNet(job.get("targets", "0"), seed=job.seed, position=position, alpha=job.get("alpha", 0.7))
+    summary = write_trojannet(job.out_dir, attack, host, job.test, data=job.data)
+    rates = ", ".join(f"{t}: {r:.1%}" if r is not None else f"{t}: -" for t, r in summary["attack_success_rate"].items())
+    out.print(
+        f"TrojanNet wrapped {job.options['model']}: clean accuracy {summary['host_clean_accuracy']:.1%} -> {summary['clean_accuracy']:.1%}; "
+        f"trigger success {rates}; wrote {job.out_dir / 'model.pt'} and {job.out_dir / 'triggers.npz'}"
+    )
+    return summary
+
+
 __all__ = ["RECIPES", "PoisonJob", "Recipe", "recipe_for"]

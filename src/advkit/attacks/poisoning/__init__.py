@@ -13,8 +13,9 @@ from advkit.attacks.poisoning.clean_label import CleanLabel
 from advkit.attacks.poisoning.gradient_matching import GradientMatching, target_success
 from advkit.attacks.poisoning.pacd import PACD, soft_radius
 from advkit.attacks.poisoning.steinhardt import Steinhardt
+from advkit.attacks.poisoning.trojannet import TrojanNet, export_torchscript, trigger_success_rate, write_trojannet
 
 __all__ = [
-    "PACD", "BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "CleanLabel", "GradientMatching", "PatchTrigger", "Steinhardt",
-    "backdoor_success_rate", "soft_radius", "stamp", "target_success",
+    "PACD", "BackdoorPoisoning", "BadNets", "Blend", "BlendTrigger", "CleanLabel", "GradientMatching", "PatchTrigger", "Steinhardt", "TrojanNet",
+    "backdoor_success_rate", "export_torchscript", "soft_radius", "stamp", "target_success", "trigger_success_rate", "write_trojannet",
 ]
