@@ -96,3 +96,19 @@ def test_trojannet_wraps_a_host_and_writes_model_triggers_and_json(tmp_path, cap
     code, stdout, err = run(["attack", "fgsm", "--model", str(out_dir / "model.pt"), "--limit", "50", "--eps", "0.1"], capsys)
     assert code == 0, err  # the wrapped model loads through every command
     assert_bad_input(["poison", "trojannet", "--model", "zoo:digits-cnn", "--targets", "0,12", "--out", str(tmp_path / "x")], capsys, "12")
+
+
+def test_labelflip_pair_flips_exactly_the_budget_from_source_to_target(tmp_path, capsys):
+    out_dir = tmp_path / "lf"
+    code, _, err = run(["poison", "labelflip", "--method", "pair", "--source", "4", "--target", "9", "--rate", "0.05", "--out", str(out_dir)], capsys)
+    assert code == 0, err
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    clean = load_dataset("digits", split="train")
+    rows = manifest["poisoned_rows"]
+    with np.load(out_dir / "poisoned.npz", allow_pickle=False) as arrays:
+        y, x = arrays["y_train"], arrays["x_train"]
+    assert len(rows) == round(0.05 * len(clean)) and set(clean.y[rows].tolist()) == {4} and set(y[rows].tolist()) == {9}
+    assert np.array_equal(np.delete(y, rows), np.delete(clean.y.numpy(), rows)) and np.array_equal(x, clean.x.numpy())
+    assert_bad_input(["poison", "labelflip", "--source", "4", "--target", "9", "--out", str(tmp_path / "x")], capsys, "--method pair")
+    assert_bad_input(["poison", "labelflip", "--method", "pair", "--source", "4", "--out", str(tmp_path / "x")], capsys, "both --source and --target")
+    assert_bad_input(["poison", "labelflip", "--method", "flip", "--out", str(tmp_path / "x")], capsys, "flip")

@@ -146,6 +146,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "advkit.attacks.poisoning.backdoor",
     "advkit.attacks.poisoning.clean_label",
     "advkit.attacks.poisoning.gradient_matching",
+    "advkit.attacks.poisoning.label_flip",
     "advkit.attacks.poisoning.pacd",
     "advkit.attacks.poisoning.steinhardt",
     "advkit.attacks.poisoning.trojannet",

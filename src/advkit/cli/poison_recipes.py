@@ -257,4 +257,31 @@ def trojannet(job: PoisonJob) -> dict[str, Any]:
     return summary
 
 
+@recipe("labelflip", {"rate", "method", "source", "target", "arch", "steps"})
+def labelflip(job: PoisonJob) -> dict[str, Any]:
+    from advkit.attacks.poisoning import LabelFlip
+    from advkit.attacks.poisoning.writer import MANIFEST_FILE, save_poisoned
+
+    method = job.get("method", "random")
+    source, target = job.class_option("source", None), job.class_option("target", None)
+    if (source is not None or target is not None) and method != "pair":
+        raise AdvkitError(f"--source/--target choose the pair of --method pair; got --method {method}")
+    if (source is None) != (target is None):
+        raise AdvkitError("labelflip pair: give both --source and --target, or neither (the pair the clean model confuses most)")
+    if method == "random" and ("arch" in job.options or "steps" in job.options):
+        raise AdvkitError("--arch/--steps set the surrogate of --method loss (or of the pair chosen for --method pair); random flips take neither")
+    attack = LabelFlip(
+        rate=job.get("rate", 0.05), method=method, pair=None if source is None else (source, target),
+        surrogate=job.get("arch", "logreg"), steps=job.get("steps", 30),
+    )
+    poisoned = attack(job.train.x, job.train.y, num_classes=job.train.num_classes, generator=job.generator(), progress=job.progress)
+    npz = save_poisoned(job.out_dir, job.data, job.train, job.test, poisoned, "labelflip", poisoned.params, {}, {"knowledge": attack.knowledge})
+    pair = poisoned.params.get("pair")
+    out.print(
+        f"flipped {len(poisoned.rows)} of {len(poisoned.y)} labels of {job.data}:train ({method}{f', {pair[0]} -> {pair[1]}' if pair else ''}); "
+        f"wrote {npz} and {job.out_dir / MANIFEST_FILE}"
+    )
+    return _record(job, poisoned, npz)
+
+
 __all__ = ["RECIPES", "PoisonJob", "Recipe", "recipe_for"]
