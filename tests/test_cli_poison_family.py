@@ -112,3 +112,18 @@ def test_labelflip_pair_flips_exactly_the_budget_from_source_to_target(tmp_path,
     assert_bad_input(["poison", "labelflip", "--source", "4", "--target", "9", "--out", str(tmp_path / "x")], capsys, "--method pair")
     assert_bad_input(["poison", "labelflip", "--method", "pair", "--source", "4", "--out", str(tmp_path / "x")], capsys, "both --source and --target")
     assert_bad_input(["poison", "labelflip", "--method", "flip", "--out", str(tmp_path / "x")], capsys, "flip")
+
+
+def test_poison_frogs_one_shot_transfer_poison_and_its_outcome(tmp_path, capsys, digits_model):
+    out_dir, record = tmp_path / "pf", tmp_path / "pf.json"
+    code, _, err = run(["poison", "poison-frogs", "--model", "zoo:digits-cnn", "--target-row", "0", "--base-class", "1", "--out", str(out_dir), "--json", str(record)], capsys)
+    assert code == 0, err
+    summary = json.loads(record.read_text())
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    n = len(load_dataset("digits", split="train"))
+    assert manifest["poisoned_rows"] == [n] and summary["outcome"]["setting"] == "transfer"
+    assert summary["outcome"]["success"] and summary["outcome"]["target_prediction"] == 1  # test row 0 is a 2, now called a 1
+    with np.load(out_dir / "poisoned.npz", allow_pickle=False) as arrays:
+        assert arrays["y_train"][n] == 1 and 0 <= arrays["x_train"].min() and arrays["x_train"].max() <= 1
+    assert_bad_input(["poison", "poison-frogs", "--model", "zoo:digits-cnn", "--target-row", "0", "--base-class", "2", "--out", str(tmp_path / "x")], capsys, "own class")
+    assert_bad_input(["poison", "poison-frogs", "--model", "zoo:digits-cnn", "--target-row", "0", "--base-class", "1", "--watermark", "1.5", "--out", str(tmp_path / "x")], capsys, "watermark")

@@ -148,6 +148,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "advkit.attacks.poisoning.gradient_matching",
     "advkit.attacks.poisoning.label_flip",
     "advkit.attacks.poisoning.pacd",
+    "advkit.attacks.poisoning.poison_frogs",
     "advkit.attacks.poisoning.steinhardt",
     "advkit.attacks.poisoning.trojannet",
     "advkit.certify.smoothing",

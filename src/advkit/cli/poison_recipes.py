@@ -284,4 +284,40 @@ def labelflip(job: PoisonJob) -> dict[str, Any]:
     return _record(job, poisoned, npz)
 
 
+@recipe("poison-frogs", {"model", "target_row", "base_class", "poisons", "watermark", "setting", "steps", "eps"})
+def poison_frogs(job: PoisonJob) -> dict[str, Any]:
+    from advkit.attacks.poisoning.poison_frogs import PoisonFrogs
+    from advkit.attacks.poisoning.poison_frogs_eval import SETTINGS, poison_success
+    from advkit.attacks.poisoning.writer import MANIFEST_FILE, save_poisoned
+
+    setting = job.get("setting", "transfer")
+    if setting not in SETTINGS:
+        raise AdvkitError(f"--setting must be one of {', '.join(SETTINGS)}; got {setting!r}")
+    rows = _rows_option(job, "target_row")
+    if len(rows) != 1:
+        raise AdvkitError(f"--target-row: Poison Frogs attacks one target row; got {len(rows)}")
+    base_class = job.class_option("base_class", None)
+    if base_class is None:
+        raise AdvkitError("--base-class is required: the class whose images become poisons (and the label the target should get)")
+    settings = {"steps": job.options["steps"]} if "steps" in job.options else {}
+    if "eps" in job.options:
+        settings["eps"] = job.options["eps"]
+    default_watermark = 0.3 if setting == "end-to-end" else 0.0  # the paper's end-to-end opacity; none for one-shot transfer
+    attack = PoisonFrogs(
+        target=rows[0], base_class=base_class, poisons=job.get("poisons", 50 if setting == "end-to-end" else 1),
+        watermark=job.get("watermark", default_watermark), **settings,
+    )
+    model = job.model("poison-frogs (the feature extractor the poisons collide in)")
+    poisoned = attack(model, job.train.x, job.train.y, job.test.x, job.test.y, generator=job.generator(), progress=job.progress)
+    outcome = poison_success(model, poisoned, job.test.x[rows[0]], setting=setting, x_eval=job.test.x, y_eval=job.test.y, seed=job.seed).to_dict()
+    arrays = {"x_target": job.test.x[rows], "y_target": job.test.y[rows]}
+    npz = save_poisoned(job.out_dir, job.data, job.train, job.test, poisoned, attack.name, poisoned.params, arrays, {"outcome": outcome})
+    out.print(
+        f"Poison Frogs: {len(poisoned.rows)} clean-label poison(s) of class {base_class} appended to {job.data}:train; the {setting} victim "
+        f"{'now calls' if outcome['success'] else 'still does not call'} test row {rows[0]} class {base_class} "
+        f"(predicts {outcome['target_prediction']}); wrote {npz} and {job.out_dir / MANIFEST_FILE}"
+    )
+    return _record(job, poisoned, npz, outcome=outcome)
+
+
 __all__ = ["RECIPES", "PoisonJob", "Recipe", "recipe_for"]
