@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from advkit.attacks.evasion.steps import pgd
 from advkit.attacks.poisoning.backdoor import PatchTrigger
+from advkit.attacks.poisoning.budget import draw_class_rows
 from advkit.core import ModelHandle, PoisonedData
 from advkit.errors import AdvkitError
 from advkit.registry import register
@@ -93,13 +94,7 @@ class CleanLabel:
 
     def choose_rows(self, y: Tensor, generator: torch.Generator) -> Tensor:
         """``round(rate * N)`` rows of the target class, drawn at random, sorted."""
-        eligible = (y == self.target).nonzero().squeeze(1)
-        count = int(round(self.rate * y.shape[0]))
-        if count == 0:
-            raise AdvkitError(f"clean-label: rate {self.rate} of {y.shape[0]} rows poisons no row")
-        if count > eligible.numel():
-            raise AdvkitError(f"clean-label: rate {self.rate} asks for {count} rows but class {self.target} has {eligible.numel()}")
-        return eligible[torch.randperm(eligible.numel(), generator=generator)[:count]].sort().values
+        return draw_class_rows(y, self.target, self.rate, generator, "clean-label")
 
     def harden(self, network: nn.Module, x: Tensor, y: Tensor, bounds: tuple[float, float]) -> Tensor:
         """The maximum-loss PGD iterate of every row within ``eps`` (``x`` itself for eps 0)."""

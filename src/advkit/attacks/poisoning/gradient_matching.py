@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advkit.attacks.poisoning.budget import draw_class_rows
 from advkit.core import ModelHandle, PoisonedData
 from advkit.errors import AdvkitError
 from advkit.registry import register
@@ -166,13 +167,7 @@ class GradientMatching:
 
     def choose_poisons(self, y: Tensor, generator: torch.Generator) -> Tensor:
         """The poisoned rows: ``round(rate * N)`` rows of the adversarial class, at random, sorted."""
-        eligible = (y == self.adversarial_class).nonzero().squeeze(1)
-        count = int(round(self.rate * y.shape[0]))
-        if count == 0:
-            raise AdvkitError(f"gradient-matching: rate {self.rate} of {y.shape[0]} rows poisons no row")
-        if count > eligible.numel():
-            raise AdvkitError(f"gradient-matching: rate {self.rate} asks for {count} rows but class {self.adversarial_class} has {eligible.numel()}")
-        return eligible[torch.randperm(eligible.numel(), generator=generator)[:count]].sort().values
+        return draw_class_rows(y, self.adversarial_class, self.rate, generator, "gradient-matching")
 
     def __call__(
         self,
