@@ -70,6 +70,7 @@ class EvasionConfig(_Strict):
 
 
 CLEAN_LABEL_RATE = 0.05
+ACCURACY_ATTACKS = {"labelflip": 0.05, "steinhardt": 0.03}  # poisons that lower accuracy on every class, and their default rates
 
 
 class TriggerConfig(_Strict):
@@ -81,7 +82,12 @@ class TriggerConfig(_Strict):
 
 
 class PoisoningConfig(_Strict):
-    """One backdoor scenario: poison the train split, train a model on it.
+    """One poisoning scenario: poison the train split, train a model on it.
+
+    Backdoors (``badnets``, ``blend``, ``clean-label``) are measured by the trigger's
+    success, inspected and repaired; ``labelflip`` (``method``, default loss) and
+    ``steinhardt`` (its victim sanitised with sphere and slab) by the clean accuracy
+    they cost against the audited model.
 
     ``clean-label`` (Turner et al. 2019) hardens target-class rows with an Linf PGD
     perturbation of budget ``eps`` on the audited model, then stamps the patch trigger;
@@ -89,15 +95,28 @@ class PoisoningConfig(_Strict):
     set); it is all-to-one only.
     """
 
-    attack: Literal["badnets", "blend", "clean-label"] = "badnets"
+    attack: Literal["badnets", "blend", "clean-label", "labelflip", "steinhardt"] = "badnets"
     target: int = Field(0, ge=0)
     rate: float = Field(0.1, gt=0, le=1)
     mode: Literal["all-to-one", "all-to-all"] = "all-to-one"
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
     eps: float | None = Field(None, ge=0, description="clean-label: Linf budget of the hardening perturbation (default 64/255)")
+    method: Literal["random", "pair", "loss"] | None = Field(None, description="labelflip: how the flipped rows are chosen (default loss)")
 
     @model_validator(mode="after")
     def _settings_fit_the_attack(self) -> PoisoningConfig:
+        if self.method is not None and self.attack != "labelflip":
+            raise ValueError(f"method applies to labelflip scenarios, not {self.attack}")
+        if self.attack in ACCURACY_ATTACKS:
+            given = {"target": self.target != 0, "mode": self.mode != "all-to-one", "trigger": self.trigger != TriggerConfig(), "eps": self.eps is not None}
+            extra = sorted(key for key, changed in given.items() if changed)
+            if extra:
+                raise ValueError(f"{self.attack} lowers accuracy on every class: {', '.join(extra)} do not apply")
+            if "rate" not in self.model_fields_set:
+                self.rate = ACCURACY_ATTACKS[self.attack]
+            if self.rate >= 1:
+                raise ValueError(f"{self.attack}: rate must be < 1; got {self.rate}")
+            return self
         if self.attack == "clean-label":
             if self.mode != "all-to-one":
                 raise ValueError("clean-label backdoors are all-to-one (the poisoned rows keep their target-class labels)")

@@ -36,6 +36,8 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
     out += _evasion_findings(report)
     for scenario in report["backdoor"]["scenarios"]:
         out += _poisoning_findings(scenario)
+    for scenario in report.get("poisoning", []):
+        out += _accuracy_poisoning_findings(scenario)
     out += _certification_findings(report.get("certification", []))
     return sorted(out, key=lambda f: SEVERITIES.index(f["severity"]))
 
@@ -70,6 +72,26 @@ def _audited_model_backdoor_findings(audited: dict[str, Any] | None) -> list[dic
         "title": "No backdoor found in the audited model",
         "detail": "Neural Cleanse found no class with an abnormally small trigger; it does not rule out large or input-specific triggers.",
         "atlas": atlas_ids("neural-cleanse"),
+    }]
+
+
+def _accuracy_poisoning_findings(scenario: dict[str, Any]) -> list[dict[str, Any]]:
+    """Label flipping or Steinhardt et al.'s poisons: how much clean accuracy they cost."""
+    drop = scenario["accuracy_drop"]
+    severity = "high" if drop >= 0.10 else "medium" if drop >= 0.03 else "low" if drop >= 0.01 else "info"
+    how = f" ({scenario['params']['method']} flips)" if scenario["attack"] == "labelflip" else ""
+    detail = f"{scenario['poisoned_rows']} poisoned of {scenario['train_rows']} training rows; the audited model scores {scenario['reference_clean_accuracy']:.1%} on the same rows"
+    sanitized = scenario.get("sanitized")
+    if sanitized:
+        detail += f"; sphere and slab sanitisation removed {sanitized['rows_removed']} rows and kept {sanitized['poisons_kept']} of {sanitized['poisons']} poisons"
+    return [{
+        "severity": severity,
+        "title": (
+            f"Poisoning {scenario['params']['rate']:.0%} of the training data with {scenario['attack']}{how} takes clean accuracy "
+            f"from {scenario['reference_clean_accuracy']:.1%} to {scenario['clean_accuracy']:.1%}"
+        ),
+        "detail": detail,
+        "atlas": scenario["atlas"],
     }]
 
 

@@ -57,8 +57,11 @@ def build_report(run: RunRecord) -> dict[str, Any]:
             record["atlas"] = atlas_ids(record["attack"])
             evasion.append(record)
     scenarios = []
+    accuracy_poisoning = []  # label flipping, Steinhardt et al.: no trigger, their effect is the accuracy they cost
     for step in plan:
-        if step.kind == "poisoning":
+        if step.kind == "poisoning" and results[step.id].get("effect") == "accuracy":
+            accuracy_poisoning.append({"id": step.id, **results[step.id], "atlas": atlas_ids(results[step.id]["attack"])})
+        elif step.kind == "poisoning":
             name = step.id.split("/", 1)[1]
             scenario = {"id": step.id, **results[step.id], "atlas": atlas_ids(results[step.id]["attack"])}
             scenario["inspection"] = results.get(f"inspect/{name}")
@@ -89,6 +92,7 @@ def build_report(run: RunRecord) -> dict[str, Any]:
             "scenarios": scenarios,
             "atlas": atlas_ids("neural-cleanse"),
         },
+        "poisoning": accuracy_poisoning,
         "certification": certification,
         "timings": {step.id: run.timings[step.id] for step in plan},
         "plan": run.estimates,  # [{step, kind, estimated_seconds, reestimated_seconds?}]: the estimate made before the run (and after a mitigated model's probe)

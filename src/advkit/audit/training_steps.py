@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from advkit.audit.config import ACCURACY_ATTACKS, PoisoningConfig
 from advkit.audit.plan import scenario_of, scenario_trigger
 from advkit.audit.workspace import StepContext
 from advkit.core import ModelInfo
@@ -87,9 +88,11 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
     from advkit.attacks.poisoning import backdoor_success_rate
 
     scenario = scenario_of(ctx.step.inputs)
-    attack = scenario_trigger(scenario)
     train = _train_rows(ctx)
     info = ctx.env.model().info if _fine_tuning(ctx) else _trainable(ctx, "the poisoning scenario")[1]
+    if scenario.attack in ACCURACY_ATTACKS:
+        return _accuracy_poisoning(ctx, scenario, train, info.num_classes)
+    attack = scenario_trigger(scenario)
     if scenario.target >= info.num_classes:
         raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
     if scenario.attack == "clean-label":  # the attacker hardens the target-class rows on the audited model
@@ -111,6 +114,40 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
     )
     mask, pattern = attack.trigger.mask_and_pattern(info.input_shape, info.bounds)
     result["trigger_l1"] = float(mask.sum())
+    return result
+
+
+def _accuracy_poisoning(ctx: StepContext, scenario: PoisoningConfig, train: Dataset, num_classes: int) -> dict[str, Any]:
+    """Label flipping or Steinhardt et al.'s poisons: train on them, measure the clean accuracy they cost.
+
+    The reference is the audited model on the same evaluation rows. Steinhardt's victim
+    trains behind the sphere and slab sanitisers its poisons were made to pass (the
+    data-dependent defender: centroids from the rows it trains on).
+    """
+    from advkit.attacks.poisoning import LabelFlip, Steinhardt
+    from advkit.defenses.data import sanitize
+
+    if scenario.attack == "labelflip":
+        attack: Any = LabelFlip(rate=scenario.rate, method=scenario.method or "loss")
+    else:
+        attack = Steinhardt(rate=scenario.rate)
+    poisoned = attack(train.x, train.y, num_classes=num_classes, generator=ctx.generator)
+    x, y, sanitized = poisoned.x, poisoned.y, None
+    if scenario.attack == "steinhardt":
+        kept = sanitize(x, y, num_classes=num_classes)
+        x, y = x[kept.keep], y[kept.keep]
+        sanitized = {**kept.details(), "poisons_kept": int(kept.keep[poisoned.poisoned].sum()), "poisons": len(poisoned.rows)}
+    name = ctx.step.id.split("/", 1)[1]
+    result = _train(ctx, x, y, "standard", None, {"objective": "standard", "poisoned": scenario.attack}, f"poisoned-{name}")
+    data = ctx.env.eval_data()
+    reference = float((ctx.env.model().predict(data.x) == data.y).float().mean())
+    result.update(
+        {
+            "attack": scenario.attack, "effect": "accuracy", "params": poisoned.params, "poisoned_rows": len(poisoned.rows), "train_rows": len(train),
+            "reference_clean_accuracy": reference, "accuracy_drop": reference - float(result["clean_accuracy"]), "sanitized": sanitized,
+        }
+    )
+    result["params"]["rate"] = scenario.rate
     return result
 
 

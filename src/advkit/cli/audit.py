@@ -104,6 +104,8 @@ def _print_audit_summary(report: dict[str, Any]) -> None:
             if m.get("applied"):
                 line += f"; {m['mitigation']} -> {m['attack_success_rate_after']:.1%} (clean {m['held_out_clean_accuracy_after']:.1%})"
         out.print(line)
+    for scenario in report.get("poisoning", []):
+        out.print(f"{scenario['id']}: clean {scenario['reference_clean_accuracy']:.1%} -> {scenario['clean_accuracy']:.1%} ({100 * scenario['accuracy_drop']:.1f} pt)")
     out.print("findings:")
     for f in report["findings"]:
         out.print(f"  [{f['severity'].upper()}] {f['title']}", markup=False, highlight=False)

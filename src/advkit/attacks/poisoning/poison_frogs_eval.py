@@ -41,7 +41,13 @@ INITS = ("warm", "cold")
 
 @dataclass
 class PoisonOutcome:
-    """The retrained victim's answer on the target image."""
+    """The retrained victim's answer on the target image.
+
+    ``success``: it predicts the base class; ``base_probability``: its softmax for that
+    class; ``clean_accuracy(_before)``: on ``x_eval`` after / before retraining (None
+    without it); ``feature_distance``: the smallest ``||f(p) - f(t)||`` over the poisons in
+    the *retrained* victim's feature space (end to end, fine-tuning moves the features).
+    """
 
     setting: str
     success: bool

@@ -1,0 +1,71 @@
+"""The audit's poisoning scenarios beyond BadNets: clean-label backdoors, label flipping, Steinhardt's poisons."""
+
+import json
+
+import pytest
+
+from test_audit import cli
+
+FAMILY = """\
+limit: 120
+evasion:
+  attacks: [fgsm]
+  eps: [0.1]
+adversarial_training: null
+certification: null
+poisoning:
+  - attack: labelflip
+    rate: 0.1
+  - attack: steinhardt
+  - attack: clean-label
+    target: 3
+backdoor_defense:
+  epochs: 5
+  mitigations: [nc-unlearn]
+"""
+
+
+def test_accuracy_poisons_cost_accuracy_and_clean_label_is_a_backdoor(tmp_path):
+    config = tmp_path / "family.yaml"
+    config.write_text(FAMILY)
+    run_dir = tmp_path / "run"
+    assert cli(["audit", config, "--out", run_dir]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    accuracy = {p["attack"]: p for p in report["poisoning"]}
+    assert set(accuracy) == {"labelflip", "steinhardt"}
+    flips, stein = accuracy["labelflip"], accuracy["steinhardt"]
+    assert flips["params"]["method"] == "loss" and flips["poisoned_rows"] == round(0.1 * flips["train_rows"])
+    assert flips["accuracy_drop"] == pytest.approx(flips["reference_clean_accuracy"] - flips["clean_accuracy"])
+    assert flips["accuracy_drop"] > 0.02  # 10% of the labels flipped by the loss method cost accuracy on the audited rows
+    assert stein["poisoned_rows"] == round(0.03 * stein["train_rows"]) and stein["sanitized"]["poisons"] == stein["poisoned_rows"]
+    assert stein["sanitized"]["poisons_kept"] >= 0.9 * stein["poisoned_rows"]  # made to pass the sanitiser the victim trains behind
+    assert all(p["atlas"] and p["atlas"][0]["id"] == "AML.T0020" for p in report["poisoning"])
+    scenarios = report["backdoor"]["scenarios"]
+    assert [s["attack"] for s in scenarios] == ["clean-label"] and scenarios[0]["inspection"] is not None
+    assert scenarios[0]["attack_success_rate"] > scenarios[0]["audited_model_trigger_success"]
+    titles = [f["title"] for f in report["findings"]]
+    assert any(t.startswith("Poisoning 10% of the training data with labelflip (loss flips) takes clean accuracy") for t in titles)
+    assert any("with steinhardt takes clean accuracy" in t for t in titles)
+    html = (run_dir / "report.html").read_text()
+    assert "Accuracy-degrading poisoning" in html and "poison/0-labelflip" in html
+    assert cli(["report", run_dir, "--format", "md"]) == 0
+    assert "## Accuracy-degrading poisoning" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "scenario,needle",
+    [
+        ("  - attack: labelflip\n    target: 2\n", "target do not apply"),
+        ("  - attack: badnets\n    method: loss\n", "method applies to labelflip"),
+        ("  - attack: clean-label\n    mode: all-to-all\n", "all-to-one"),
+        ("  - attack: steinhardt\n    rate: 1.0\n", "rate must be < 1"),
+        ("  - attack: trojannet\n", "poisoning"),
+    ],
+)
+def test_scenario_settings_that_do_not_fit_the_attack_fail_in_one_line(tmp_path, capsys, scenario, needle):
+    config = tmp_path / "bad.yaml"
+    config.write_text("poisoning:\n" + scenario)
+    assert cli(["audit", config, "--out", tmp_path / "run"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert not (tmp_path / "run").exists()
