@@ -19,6 +19,8 @@ poisoning:
   - attack: steinhardt
   - attack: clean-label
     target: 3
+  - attack: poison-frogs
+    targets: 4
 backdoor_defense:
   epochs: 5
   mitigations: [nc-unlearn]
@@ -32,7 +34,7 @@ def test_accuracy_poisons_cost_accuracy_and_clean_label_is_a_backdoor(tmp_path):
     assert cli(["audit", config, "--out", run_dir]) == 0
     report = json.loads((run_dir / "report.json").read_text())
     accuracy = {p["attack"]: p for p in report["poisoning"]}
-    assert set(accuracy) == {"labelflip", "steinhardt"}
+    assert set(accuracy) == {"labelflip", "steinhardt", "poison-frogs"}
     flips, stein = accuracy["labelflip"], accuracy["steinhardt"]
     assert flips["params"]["method"] == "loss" and flips["poisoned_rows"] == round(0.1 * flips["train_rows"])
     assert flips["accuracy_drop"] == pytest.approx(flips["reference_clean_accuracy"] - flips["clean_accuracy"])
@@ -40,6 +42,11 @@ def test_accuracy_poisons_cost_accuracy_and_clean_label_is_a_backdoor(tmp_path):
     assert stein["poisoned_rows"] == round(0.03 * stein["train_rows"]) and stein["sanitized"]["poisons"] == stein["poisoned_rows"]
     assert stein["sanitized"]["poisons_kept"] >= 0.9 * stein["poisoned_rows"]  # made to pass the sanitiser the victim trains behind
     assert all(p["atlas"] and p["atlas"][0]["id"] == "AML.T0020" for p in report["poisoning"])
+    frogs = accuracy["poison-frogs"]
+    assert frogs["effect"] == "targeted" and len(frogs["targets"]) == frogs["poisoned_rows"] == 4
+    assert all(t["target_class"] != t["base_class"] for t in frogs["targets"])
+    assert frogs["success_rate"] >= 0.5  # one-shot transfer flips most targets (the mnist5k acceptance: 20 of 20)
+    assert frogs["success_rate"] == sum(t["success"] and t["target_prediction"] == t["base_class"] for t in frogs["targets"]) / 4
     scenarios = report["backdoor"]["scenarios"]
     assert [s["attack"] for s in scenarios] == ["clean-label"] and scenarios[0]["inspection"] is not None
     assert scenarios[0]["attack_success_rate"] > scenarios[0]["audited_model_trigger_success"]
@@ -47,9 +54,10 @@ def test_accuracy_poisons_cost_accuracy_and_clean_label_is_a_backdoor(tmp_path):
     assert any(t.startswith("Poisoning 10% of the training data with labelflip (loss flips) takes clean accuracy") for t in titles)
     assert any("with steinhardt takes clean accuracy" in t for t in titles)
     html = (run_dir / "report.html").read_text()
-    assert "Accuracy-degrading poisoning" in html and "poison/0-labelflip" in html
+    assert "Poisoning without a trigger" in html and "poison/0-labelflip" in html and "Scenario poison/3-poison-frogs" in html
     assert cli(["report", run_dir, "--format", "md"]) == 0
-    assert "## Accuracy-degrading poisoning" in (run_dir / "report.md").read_text()
+    assert "## Poisoning without a trigger" in (run_dir / "report.md").read_text()
+    assert any("poison-frogs, transfer learning" in t for t in titles)
 
 
 @pytest.mark.parametrize(
@@ -60,6 +68,8 @@ def test_accuracy_poisons_cost_accuracy_and_clean_label_is_a_backdoor(tmp_path):
         ("  - attack: clean-label\n    mode: all-to-all\n", "all-to-one"),
         ("  - attack: steinhardt\n    rate: 1.0\n", "rate must be < 1"),
         ("  - attack: trojannet\n", "poisoning"),
+        ("  - attack: poison-frogs\n    rate: 0.3\n", "rate do not apply"),
+        ("  - attack: badnets\n    targets: 3\n", "targets applies to poison-frogs"),
     ],
 )
 def test_scenario_settings_that_do_not_fit_the_attack_fail_in_one_line(tmp_path, capsys, scenario, needle):

@@ -70,6 +70,7 @@ class EvasionConfig(_Strict):
 
 
 CLEAN_LABEL_RATE = 0.05
+POISON_FROGS_TARGETS = 5
 ACCURACY_ATTACKS = {"labelflip": 0.05, "steinhardt": 0.03}  # poisons that lower accuracy on every class, and their default rates
 
 
@@ -95,20 +96,30 @@ class PoisoningConfig(_Strict):
     set); it is all-to-one only.
     """
 
-    attack: Literal["badnets", "blend", "clean-label", "labelflip", "steinhardt"] = "badnets"
+    attack: Literal["badnets", "blend", "clean-label", "labelflip", "steinhardt", "poison-frogs"] = "badnets"
     target: int = Field(0, ge=0)
     rate: float = Field(0.1, gt=0, le=1)
     mode: Literal["all-to-one", "all-to-all"] = "all-to-one"
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
     eps: float | None = Field(None, ge=0, description="clean-label: Linf budget of the hardening perturbation (default 64/255)")
     method: Literal["random", "pair", "loss"] | None = Field(None, description="labelflip: how the flipped rows are chosen (default loss)")
+    targets: int | None = Field(None, ge=1, description="poison-frogs: evaluation rows attacked, one poison each (default 5)")
 
     @model_validator(mode="after")
     def _settings_fit_the_attack(self) -> PoisoningConfig:
         if self.method is not None and self.attack != "labelflip":
             raise ValueError(f"method applies to labelflip scenarios, not {self.attack}")
+        if self.targets is not None and self.attack != "poison-frogs":
+            raise ValueError(f"targets applies to poison-frogs scenarios, not {self.attack}")
+        given = {"target": self.target != 0, "mode": self.mode != "all-to-one", "trigger": self.trigger != TriggerConfig(), "eps": self.eps is not None}
+        if self.attack == "poison-frogs":
+            extra = sorted(key for key, changed in {**given, "rate": "rate" in self.model_fields_set and self.rate != 0.1}.items() if changed)
+            if extra:
+                raise ValueError(f"poison-frogs attacks chosen evaluation rows with one poison each: {', '.join(extra)} do not apply (set targets)")
+            if self.targets is None:
+                self.targets = POISON_FROGS_TARGETS
+            return self
         if self.attack in ACCURACY_ATTACKS:
-            given = {"target": self.target != 0, "mode": self.mode != "all-to-one", "trigger": self.trigger != TriggerConfig(), "eps": self.eps is not None}
             extra = sorted(key for key, changed in given.items() if changed)
             if extra:
                 raise ValueError(f"{self.attack} lowers accuracy on every class: {', '.join(extra)} do not apply")

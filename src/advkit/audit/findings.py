@@ -76,7 +76,21 @@ def _audited_model_backdoor_findings(audited: dict[str, Any] | None) -> list[dic
 
 
 def _accuracy_poisoning_findings(scenario: dict[str, Any]) -> list[dict[str, Any]]:
-    """Label flipping or Steinhardt et al.'s poisons: how much clean accuracy they cost."""
+    """Label flipping or Steinhardt et al.'s poisons: the clean accuracy they cost; Poison Frogs: the targets it flips."""
+    if scenario.get("effect") == "targeted":
+        rate = scenario["success_rate"]
+        return [{
+            "severity": "high" if rate >= 0.5 else "medium" if rate > 0 else "info",
+            "title": (
+                f"One clean-label poison per target ({scenario['attack']}, transfer learning) makes the retrained model misclassify "
+                f"{sum(t['success'] for t in scenario['targets'])} of {len(scenario['targets'])} chosen inputs"
+            ),
+            "detail": (
+                f"each poison keeps its base-class label; mean L2 change {sum(t['mean_l2_perturbation'] for t in scenario['targets']) / len(scenario['targets']):.2f} "
+                "(feature collision at the paper's beta: the poisons may look like their target)"
+            ),
+            "atlas": scenario["atlas"],
+        }]
     drop = scenario["accuracy_drop"]
     severity = "high" if drop >= 0.10 else "medium" if drop >= 0.03 else "low" if drop >= 0.01 else "info"
     how = f" ({scenario['params']['method']} flips)" if scenario["attack"] == "labelflip" else ""

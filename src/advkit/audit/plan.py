@@ -121,7 +121,7 @@ def poisoning_steps(config: AuditConfig, name: str, scenario: PoisoningConfig, h
     """Poison and train (or fine-tune, per ``how``); then, with a backdoor defense, inspect and repair."""
     steps = [Step(f"poison/{name}", "poisoning", {**scenario.model_dump(), **(how or {"training": "retrain"})}, ["provenance"])]
     defense = config.backdoor_defense
-    if defense is None or scenario.attack in ACCURACY_ATTACKS:  # no trigger to find or repair
+    if defense is None or scenario.attack in ACCURACY_ATTACKS or scenario.attack == "poison-frogs":  # no trigger to find or repair
         return steps
     steps.append(Step(f"inspect/{name}", "inspect", _inspect_inputs(config, f"poison/{name}"), [f"poison/{name}"]))
     for mitigation in defense.mitigations:

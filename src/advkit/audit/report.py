@@ -57,9 +57,9 @@ def build_report(run: RunRecord) -> dict[str, Any]:
             record["atlas"] = atlas_ids(record["attack"])
             evasion.append(record)
     scenarios = []
-    accuracy_poisoning = []  # label flipping, Steinhardt et al.: no trigger, their effect is the accuracy they cost
+    accuracy_poisoning = []  # label flipping, Steinhardt et al. (the accuracy they cost), Poison Frogs (targets flipped): no trigger
     for step in plan:
-        if step.kind == "poisoning" and results[step.id].get("effect") == "accuracy":
+        if step.kind == "poisoning" and results[step.id].get("effect") in ("accuracy", "targeted"):
             accuracy_poisoning.append({"id": step.id, **results[step.id], "atlas": atlas_ids(results[step.id]["attack"])})
         elif step.kind == "poisoning":
             name = step.id.split("/", 1)[1]

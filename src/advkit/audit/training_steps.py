@@ -92,6 +92,8 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
     info = ctx.env.model().info if _fine_tuning(ctx) else _trainable(ctx, "the poisoning scenario")[1]
     if scenario.attack in ACCURACY_ATTACKS:
         return _accuracy_poisoning(ctx, scenario, train, info.num_classes)
+    if scenario.attack == "poison-frogs":
+        return _poison_frogs(ctx, scenario, train)
     attack = scenario_trigger(scenario)
     if scenario.target >= info.num_classes:
         raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
@@ -149,6 +151,39 @@ def _accuracy_poisoning(ctx: StepContext, scenario: PoisoningConfig, train: Data
     )
     result["params"]["rate"] = scenario.rate
     return result
+
+
+def _poison_frogs(ctx: StepContext, scenario: PoisoningConfig, train: Dataset) -> dict[str, Any]:
+    """Poison Frogs on transfer learning (Shafahi et al. 2018): one clean-label poison per target row.
+
+    ``targets`` evaluation rows the audited model gets right are drawn with the step's
+    generator, each with a random other class as its base class; their poisons collide
+    in the audited model's penultimate features in one batch. Each victim is the audited
+    model with its last layer retrained on the training rows plus that target's poison
+    (:func:`~advkit.attacks.poisoning.poison_frogs_eval.poison_success`); a target is
+    poisoned when that victim calls it the base class.
+    """
+    from advkit.attacks.poisoning import PoisonFrogs, poison_success
+
+    model, data = ctx.env.model(), ctx.env.eval_data()
+    correct = (model.predict(data.x) == data.y).nonzero().squeeze(1)
+    if correct.numel() == 0:
+        raise AdvkitError("poison-frogs: the audited model gets no evaluation row right, so no row can be a target")
+    count = min(int(scenario.targets or 1), correct.numel())
+    rows = correct[torch.randperm(correct.numel(), generator=ctx.generator)[:count]]
+    shift = torch.randint(1, model.num_classes, (count,), generator=ctx.generator)
+    pairs = [(int(r), int((data.y[r] + k) % model.num_classes)) for r, k in zip(rows, shift)]
+    attack = PoisonFrogs(target=pairs[0][0], base_class=pairs[0][1])
+    poisoned = attack.craft_many(model, train.x, train.y, data.x, data.y, pairs=pairs, generator=ctx.generator)
+    outcomes = []
+    for (row, _), part in zip(pairs, poisoned):
+        outcome = poison_success(model, part, data.x[row], setting="transfer", seed=ctx.env.config.seed).to_dict()
+        outcomes.append({"row": row, **outcome, "mean_l2_perturbation": part.params["mean_l2_perturbation"]})
+    return {
+        "attack": "poison-frogs", "effect": "targeted", "params": {"setting": "transfer", "poisons": 1, "targets": count, "beta": poisoned[0].params["beta"]},
+        "poisoned_rows": count, "train_rows": len(train), "targets": outcomes,
+        "success_rate": sum(o["success"] for o in outcomes) / count,
+    }
 
 
 def certified_training(ctx: StepContext) -> dict[str, Any]:

@@ -105,6 +105,9 @@ def _print_audit_summary(report: dict[str, Any]) -> None:
                 line += f"; {m['mitigation']} -> {m['attack_success_rate_after']:.1%} (clean {m['held_out_clean_accuracy_after']:.1%})"
         out.print(line)
     for scenario in report.get("poisoning", []):
+        if scenario.get("effect") == "targeted":
+            out.print(f"{scenario['id']}: {scenario['success_rate']:.0%} of {len(scenario['targets'])} targets flipped by one poison each")
+            continue
         out.print(f"{scenario['id']}: clean {scenario['reference_clean_accuracy']:.1%} -> {scenario['clean_accuracy']:.1%} ({100 * scenario['accuracy_drop']:.1f} pt)")
     out.print("findings:")
     for f in report["findings"]:

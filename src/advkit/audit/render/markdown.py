@@ -33,8 +33,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             flagged = s["inspection"]["flagged"] if s.get("inspection") else "-"
             lines.append(f"| {s['id']} | {s['attack_success_rate']:.1%} | {s['clean_accuracy']:.1%} | {flagged} |")
     if report.get("poisoning"):
-        lines += ["", "## Accuracy-degrading poisoning", "", "| scenario | poisoned rows | clean (poisoned model) | clean (audited model) | drop |", "| --- | --- | --- | --- | --- |"]
+        lines += ["", "## Poisoning without a trigger", "", "| scenario | poisoned rows | clean (poisoned model) | clean (audited model) | drop |", "| --- | --- | --- | --- | --- |"]
         for p in report["poisoning"]:
+            if p.get("effect") == "targeted":
+                lines.append(f"| {p['id']} | {p['poisoned_rows']} (one per target) | {p['success_rate']:.0%} of {len(p['targets'])} targets flipped | - | - |")
+                continue
             lines.append(f"| {p['id']} | {p['poisoned_rows']} of {p['train_rows']} | {p['clean_accuracy']:.1%} | {p['reference_clean_accuracy']:.1%} | {100 * p['accuracy_drop']:.1f} pt |")
     if report.get("certification"):
         lines += ["", "## Certified robustness (randomized smoothing)", "", "| model | sigma | r=0 | r=0.25 | r=0.5 | r=0.75 | ACR | abstain |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
