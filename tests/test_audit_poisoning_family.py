@@ -79,3 +79,18 @@ def test_scenario_settings_that_do_not_fit_the_attack_fail_in_one_line(tmp_path,
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], lines
     assert not (tmp_path / "run").exists()
+
+
+def test_poison_frogs_on_a_graph_that_hides_its_layers_is_one_line_before_any_step(tmp_path, capsys, digits_model):
+    import torch
+
+    traced = torch.jit.trace(digits_model.net.eval(), torch.rand(2, 1, 8, 8))
+    model = tmp_path / "traced.pt"
+    traced.save(str(model))
+    (tmp_path / "traced.pt.json").write_text(json.dumps({"input_shape": [1, 8, 8], "num_classes": 10}))
+    config = tmp_path / "frogs.yaml"
+    config.write_text(f"model: {model}\npoisoning:\n  - attack: poison-frogs\nadversarial_training: null\ncertification: null\nbackdoor_defense: null\n")
+    assert cli(["audit", config, "--out", tmp_path / "run"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "poison-frogs collides in the last nn.Linear's inputs" in lines[0], lines
+    assert not (tmp_path / "run").exists()

@@ -25,6 +25,7 @@ from advkit.audit.reestimate import eta_text, plan_estimates, reestimate_after
 from advkit.audit.rows import count_rows, held_rows
 from advkit.audit.steps import STEP_KINDS
 from advkit.audit.tasks import StepTask, TaskOutcome, run_step_task
+from advkit.audit.training_steps import check_feature_layer
 from advkit.audit.workspace import Progress, StepContext, Workspace
 from advkit.core import ModelHandle
 from advkit.data import Dataset
@@ -221,7 +222,9 @@ class AuditRunner:
         return plan
 
     def _check_plan(self, plan: list[Step]) -> None:
-        """Steps that retrain need an architecture: say so before the first step runs."""
+        """Steps that retrain need an architecture, Poison Frogs a last nn.Linear: say so before the first step runs."""
+        if any(step.inputs.get("attack") == "poison-frogs" for step in plan if step.kind == "poisoning"):
+            check_feature_layer(self.model(), self.config.model)
         if self.model().info.arch:
             return
         for step in plan:

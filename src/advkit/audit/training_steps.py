@@ -15,7 +15,7 @@ import torch
 from advkit.audit.config import ACCURACY_ATTACKS, PoisoningConfig
 from advkit.audit.plan import scenario_of, scenario_trigger
 from advkit.audit.workspace import StepContext
-from advkit.core import ModelInfo
+from advkit.core import ModelHandle, ModelInfo
 from advkit.data import Dataset
 from advkit.errors import AdvkitError
 
@@ -151,6 +151,16 @@ def _accuracy_poisoning(ctx: StepContext, scenario: PoisoningConfig, train: Data
     )
     result["params"]["rate"] = scenario.rate
     return result
+
+
+def check_feature_layer(model: ModelHandle, spec: str) -> None:
+    """Poison Frogs collides in the inputs of the model's last ``nn.Linear``: one line (before any step) when it has none to show."""
+    from advkit.attacks.poisoning.poison_frogs import last_linear
+
+    try:
+        last_linear(model.network)
+    except AdvkitError:  # a traced TorchScript or ONNX graph hides its layers
+        raise AdvkitError(f"poisoning: poison-frogs collides in the last nn.Linear's inputs, which {spec} does not show (traced TorchScript, ONNX): remove that scenario") from None
 
 
 def _poison_frogs(ctx: StepContext, scenario: PoisoningConfig, train: Dataset) -> dict[str, Any]:
