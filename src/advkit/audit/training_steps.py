@@ -128,6 +128,7 @@ def _accuracy_poisoning(ctx: StepContext, scenario: PoisoningConfig, train: Data
     """
     from advkit.attacks.poisoning import LabelFlip, Steinhardt
     from advkit.defenses.data import sanitize
+    from advkit.metrics import accuracy
 
     if scenario.attack == "labelflip":
         attack: Any = LabelFlip(rate=scenario.rate, method=scenario.method or "loss")
@@ -142,14 +143,13 @@ def _accuracy_poisoning(ctx: StepContext, scenario: PoisoningConfig, train: Data
     name = ctx.step.id.split("/", 1)[1]
     result = _train(ctx, x, y, "standard", None, {"objective": "standard", "poisoned": scenario.attack}, f"poisoned-{name}")
     data = ctx.env.eval_data()
-    reference = float((ctx.env.model().predict(data.x) == data.y).float().mean())
+    reference = accuracy(ctx.env.model().predict(data.x), data.y)
     result.update(
         {
             "attack": scenario.attack, "effect": "accuracy", "params": poisoned.params, "poisoned_rows": len(poisoned.rows), "train_rows": len(train),
             "reference_clean_accuracy": reference, "accuracy_drop": reference - float(result["clean_accuracy"]), "sanitized": sanitized,
         }
     )
-    result["params"]["rate"] = scenario.rate
     return result
 
 

@@ -53,14 +53,21 @@ class PoisonJob:
         return None if value is None else int(value)
 
     def model(self, role: str) -> Any:
-        """The ``--model`` handle (required), checked to fit the data."""
-        from advkit.cli.common import load_model_and_data
+        """The ``--model`` handle (required), checked to fit the data already loaded."""
+        from advkit.models.io import check_model_fits_data
+        from advkit.models.resolve import resolve
 
         spec = self.options.get("model")
         if spec is None:
             raise AdvkitError(f"{role}: --model is required")
-        handle, _ = load_model_and_data(spec, self.data, "test", 1, "cpu", image_size=self.image_size)
+        handle = resolve(spec, device="cpu", sample_shape=self.train.input_shape)
+        check_model_fits_data(handle, self.train.input_shape, self.train.num_classes, spec, self.data)
         return handle
+
+    def position(self) -> Any:
+        """``--position``: a corner name, or ``ROW,COL`` of the patch's top-left pixel."""
+        where: Any = self.options.get("position", "bottom-right")
+        return tuple(int(v) for v in parse_floats(where, "--position")) if "," in where else where
 
 
 @dataclass(frozen=True)
@@ -103,12 +110,9 @@ def patch_trigger(job: PoisonJob) -> PatchTrigger:
     """The patch trigger ``--size/--position/--pattern/--values`` describe."""
     from advkit.attacks.poisoning import PatchTrigger
 
-    position: Any = job.get("position", "bottom-right")
-    if "," in position:
-        position = tuple(int(v) for v in parse_floats(position, "--position"))
     values = job.get("values", None)
     per_channel = tuple(parse_floats(values, "--values")) if values else None
-    return PatchTrigger(size=job.get("size", 3), position=position, pattern=job.get("pattern", "checkerboard"), values=per_channel, seed=job.seed)
+    return PatchTrigger(size=job.get("size", 3), position=job.position(), pattern=job.get("pattern", "checkerboard"), values=per_channel, seed=job.seed)
 
 
 def _record(job: PoisonJob, poisoned: Any, npz: Path, **extra: Any) -> dict[str, Any]:
@@ -244,10 +248,7 @@ def trojannet(job: PoisonJob) -> dict[str, Any]:
     from advkit.attacks.poisoning import TrojanNet, write_trojannet
 
     host = job.model("trojannet (the host model to wrap)")
-    position: Any = job.get("position", "bottom-right")
-    if "," in position:
-        position = tuple(int(v) for v in parse_floats(position, "--position"))
-    attack = TrojanNet(job.get("targets", "0"), seed=job.seed, position=position, alpha=job.get("alpha", 0.7))
+    attack = TrojanNet(job.get("targets", "0"), seed=job.seed, position=job.position(), alpha=job.get("alpha", 0.7))
     summary = write_trojannet(job.out_dir, attack, host, job.test, data=job.data)
     rates = ", ".join(f"{t}: {r:.1%}" if r is not None else f"{t}: -" for t, r in summary["attack_success_rate"].items())
     out.print(

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from advkit.attacks.poisoning.poison_frogs import PenultimateFeatures, last_linear
 from advkit.core import ModelHandle, PoisonedData
 from advkit.errors import AdvkitError
+from advkit.metrics import accuracy
 
 SETTINGS = ("transfer", "end-to-end")
 INITS = ("warm", "cold")
@@ -133,7 +134,7 @@ def fine_tune_network(model: ModelHandle, x: Tensor, y: Tensor, *, epochs: int =
 def _accuracy(model: ModelHandle, x: Tensor | None, y: Tensor | None) -> float | None:
     if x is None or y is None:
         return None
-    return float((model.predict(x).cpu() == y.cpu()).float().mean())
+    return accuracy(model.predict(x).cpu(), y.cpu())
 
 
 def poison_success(
