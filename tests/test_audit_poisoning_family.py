@@ -67,7 +67,6 @@ def test_accuracy_poisons_cost_accuracy_and_clean_label_is_a_backdoor(tmp_path):
         ("  - attack: badnets\n    method: loss\n", "method applies to labelflip"),
         ("  - attack: clean-label\n    mode: all-to-all\n", "all-to-one"),
         ("  - attack: steinhardt\n    rate: 1.0\n", "rate must be < 1"),
-        ("  - attack: trojannet\n", "poisoning"),
         ("  - attack: poison-frogs\n    rate: 0.3\n", "rate do not apply"),
         ("  - attack: badnets\n    targets: 3\n", "targets applies to poison-frogs"),
     ],
@@ -94,3 +93,75 @@ def test_poison_frogs_on_a_graph_that_hides_its_layers_is_one_line_before_any_st
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "poison-frogs collides in the last nn.Linear's inputs" in lines[0], lines
     assert not (tmp_path / "run").exists()
+
+
+def test_trojannet_wraps_a_traced_model_and_neural_cleanse_inspects_the_wrapper(tmp_path, digits_model):
+    """TrojanNet needs no architecture: a traced TorchScript model is wrapped, its triggers work, NC looks at the wrapper."""
+    import torch
+
+    traced = torch.jit.trace(digits_model.net.eval(), torch.rand(2, 1, 8, 8))
+    model = tmp_path / "traced.pt"
+    traced.save(str(model))
+    (tmp_path / "traced.pt.json").write_text(json.dumps({"input_shape": [1, 8, 8], "num_classes": 10}))
+    config = tmp_path / "trojan.yaml"
+    config.write_text(
+        f"model: {model}\nlimit: 120\nevasion:\n  attacks: [fgsm]\n  eps: [0.1]\nadversarial_training: null\ncertification: null\n"
+        "poisoning:\n  - attack: trojannet\n    target_classes: [2, 5]\nbackdoor_defense:\n  epochs: 3\n  mitigations: [nc-unlearn]\n"
+    )
+    run_dir = tmp_path / "run"
+    assert cli(["audit", config, "--out", run_dir]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    [scenario] = report["backdoor"]["scenarios"]
+    assert scenario["attack"] == "trojannet" and scenario["poisoned_rows"] == 0 and scenario["mitigations"] == []
+    assert set(scenario["attack_success_per_target"]) == {"2", "5"}
+    assert min(scenario["attack_success_per_target"].values()) >= 0.95 and scenario["audited_model_trigger_success"] < 0.3
+    assert abs(scenario["clean_accuracy"] - scenario["reference_clean_accuracy"]) <= 0.01 and scenario["prediction_agreement"] >= 0.99
+    assert scenario["inspection"] is not None and (run_dir / scenario["artifact"]).suffix == ".pt"
+    assert not any(s.startswith("mitigate/") for s in report["timings"])
+    titles = [f["title"] for f in report["findings"]]
+    assert any(t.startswith("A TrojanNet wrapper around the audited model keeps clean accuracy") for t in titles)
+    assert any("the TrojanNet wrapper (targets [2, 5]" in t for t in titles)
+    assert "trojannet, a trigger recogniser wrapped around the audited model" in (run_dir / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "scenario,needle",
+    [
+        ("  - attack: gradient-matching\n    target: 2\n", "target do not apply"),
+        ("  - attack: gradient-matching\n    eps: 2\n", "eps must be in (0, 1]"),
+        ("  - attack: badnets\n    setting: end-to-end\n", "setting applies to poison-frogs"),
+        ("  - attack: trojannet\n    rate: 0.2\n", "rate do not apply"),
+        ("  - attack: trojannet\n    target_classes: [1, 1]\n", "distinct"),
+        ("  - attack: blend\n    target_classes: [1]\n", "target_classes applies to trojannet"),
+        ("  - attack: trojannet\n    target_classes: [12]\n", "outside the model's classes"),
+    ],
+)
+def test_targeted_and_wrapper_settings_that_do_not_fit_fail_in_one_line(tmp_path, capsys, scenario, needle):
+    config = tmp_path / "bad.yaml"
+    config.write_text("adversarial_training: null\ncertification: null\nbackdoor_defense: null\nevasion:\n  attacks: [fgsm]\n  eps: [0.1]\npoisoning:\n" + scenario)
+    assert cli(["audit", config, "--out", tmp_path / "run"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+@pytest.mark.slow
+def test_gradient_matching_and_end_to_end_poison_frogs_are_targeted_scenarios(tmp_path):
+    """Gradient matching retrains a victim per target; Poison Frogs end to end fine-tunes the whole model."""
+    config = tmp_path / "targeted.yaml"
+    config.write_text(
+        "limit: 120\nevasion:\n  attacks: [fgsm]\n  eps: [0.1]\nadversarial_training: null\ncertification: null\nbackdoor_defense: null\n"
+        "poisoning:\n  - attack: gradient-matching\n    targets: 2\n    eps: 0.5\n"
+        "  - attack: poison-frogs\n    setting: end-to-end\n    targets: 2\n"
+    )
+    run_dir = tmp_path / "run"
+    assert cli(["audit", config, "--out", run_dir]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    by_attack = {p["attack"]: p for p in report["poisoning"]}
+    brew, frogs = by_attack["gradient-matching"], by_attack["poison-frogs"]
+    assert brew["effect"] == frogs["effect"] == "targeted" and len(brew["targets"]) == len(frogs["targets"]) == 2
+    assert all(t["poisons"] == round(0.01 * brew["train_rows"]) and (run_dir / t["artifact"]).exists() for t in brew["targets"])
+    assert brew["success_rate"] > 0  # eps 0.5 on 8x8 digits flips targets (6/10 at 128/255 in the acceptance study)
+    assert frogs["params"] == {**frogs["params"], "setting": "end-to-end", "poisons": 50, "watermark": 0.3}
+    assert frogs["success_rate"] >= 0.5 and frogs["poisoned_rows"] == 100
+    html = (run_dir / "report.html").read_text()
+    assert "50 clean-label poisons per target (end-to-end)" in html and "watermarked with the target at opacity 0.3" in html

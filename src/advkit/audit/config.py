@@ -71,7 +71,12 @@ class EvasionConfig(_Strict):
 
 CLEAN_LABEL_RATE = 0.05
 POISON_FROGS_TARGETS = 5
+GRADIENT_MATCHING_TARGETS = 3  # each target retrains a victim from scratch
+GRADIENT_MATCHING_RATE = 0.01  # Witches' Brew: 1% of the training rows
+END_TO_END_POISONS, END_TO_END_WATERMARK = 50, 0.3  # Shafahi et al.'s end-to-end setting
 ACCURACY_ATTACKS = {"labelflip": 0.05, "steinhardt": 0.03}  # poisons that lower accuracy on every class, and their default rates
+TARGETED_ATTACKS = ("poison-frogs", "gradient-matching")  # chosen evaluation rows flipped, no trigger
+DEFAULT_RATE = 0.1
 
 
 class TriggerConfig(_Strict):
@@ -88,36 +93,71 @@ class PoisoningConfig(_Strict):
     Backdoors (``badnets``, ``blend``, ``clean-label``) are measured by the trigger's
     success, inspected and repaired; ``labelflip`` (``method``, default loss) and
     ``steinhardt`` (its victim sanitised with sphere and slab) by the clean accuracy
-    they cost against the audited model.
+    they cost against the audited model; ``poison-frogs`` and ``gradient-matching`` by the
+    share of ``targets`` chosen evaluation rows they flip. ``trojannet`` poisons no data:
+    it wraps the audited model with a trigger recogniser (one trigger per class of
+    ``target_classes``, default ``[target]``), and Neural Cleanse inspects the wrapper.
 
     ``clean-label`` (Turner et al. 2019) hardens target-class rows with an Linf PGD
     perturbation of budget ``eps`` on the audited model, then stamps the patch trigger;
     labels stay. Its ``rate`` defaults to 0.05 (about half the target class of a 10-class
-    set); it is all-to-one only.
+    set); it is all-to-one only. ``gradient-matching`` perturbs ``rate`` (0.01) of the rows
+    within Linf ``eps`` (the paper's 16/255); each target gets its own victim retrained.
+    ``poison-frogs`` ``setting``: ``transfer`` (one poison, last layer retrained) or
+    ``end-to-end`` (``poisons`` 50 with ``watermark`` 0.3, the whole network fine-tuned).
     """
 
-    attack: Literal["badnets", "blend", "clean-label", "labelflip", "steinhardt", "poison-frogs"] = "badnets"
+    attack: Literal["badnets", "blend", "clean-label", "labelflip", "steinhardt", "poison-frogs", "gradient-matching", "trojannet"] = "badnets"
     target: int = Field(0, ge=0)
-    rate: float = Field(0.1, gt=0, le=1)
+    rate: float = Field(DEFAULT_RATE, gt=0, le=1)
     mode: Literal["all-to-one", "all-to-all"] = "all-to-one"
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
-    eps: float | None = Field(None, ge=0, description="clean-label: Linf budget of the hardening perturbation (default 64/255)")
+    eps: float | None = Field(None, ge=0, description="clean-label: Linf budget of the hardening perturbation (default 64/255); gradient-matching: of the poisons (16/255)")
     method: Literal["random", "pair", "loss"] | None = Field(None, description="labelflip: how the flipped rows are chosen (default loss)")
-    targets: int | None = Field(None, ge=1, description="poison-frogs: evaluation rows attacked, one poison each (default 5)")
+    targets: int | None = Field(None, ge=1, description="poison-frogs (default 5), gradient-matching (3): evaluation rows attacked")
+    setting: Literal["transfer", "end-to-end"] | None = Field(None, description="poison-frogs: transfer learning (default) or end-to-end fine-tuning")
+    poisons: int | None = Field(None, ge=1, description="poison-frogs: poisons per target (transfer 1, end-to-end 50)")
+    watermark: float | None = Field(None, ge=0, lt=1, description="poison-frogs: the target's opacity in each base (transfer 0, end-to-end 0.3)")
+    target_classes: list[int] | None = Field(None, min_length=1, description="trojannet: one trigger per class (default [target])")
 
     @model_validator(mode="after")
     def _settings_fit_the_attack(self) -> PoisoningConfig:
-        if self.method is not None and self.attack != "labelflip":
-            raise ValueError(f"method applies to labelflip scenarios, not {self.attack}")
-        if self.targets is not None and self.attack != "poison-frogs":
-            raise ValueError(f"targets applies to poison-frogs scenarios, not {self.attack}")
-        given = {"target": self.target != 0, "mode": self.mode != "all-to-one", "trigger": self.trigger != TriggerConfig(), "eps": self.eps is not None}
+        own = {"method": ("labelflip",), "targets": TARGETED_ATTACKS, "setting": ("poison-frogs",), "poisons": ("poison-frogs",),
+               "watermark": ("poison-frogs",), "target_classes": ("trojannet",), "eps": ("clean-label", "gradient-matching")}
+        for key, attacks in own.items():
+            if getattr(self, key) is not None and self.attack not in attacks:
+                raise ValueError(f"{key} applies to {' and '.join(attacks)} scenarios, not {self.attack}")
+        rate_given = "rate" in self.model_fields_set and self.rate != DEFAULT_RATE
+        given = {"target": self.target != 0, "mode": self.mode != "all-to-one", "trigger": self.trigger != TriggerConfig()}
         if self.attack == "poison-frogs":
-            extra = sorted(key for key, changed in {**given, "rate": "rate" in self.model_fields_set and self.rate != 0.1}.items() if changed)
+            extra = sorted(key for key, changed in {**given, "rate": rate_given}.items() if changed)
             if extra:
-                raise ValueError(f"poison-frogs attacks chosen evaluation rows with one poison each: {', '.join(extra)} do not apply (set targets)")
-            if self.targets is None:
-                self.targets = POISON_FROGS_TARGETS
+                raise ValueError(f"poison-frogs attacks chosen evaluation rows with its own poisons: {', '.join(extra)} do not apply (set targets, poisons)")
+            end_to_end = self.setting == "end-to-end"
+            self.setting = self.setting or "transfer"
+            self.targets = self.targets or POISON_FROGS_TARGETS
+            self.poisons = self.poisons or (END_TO_END_POISONS if end_to_end else 1)
+            self.watermark = self.watermark if self.watermark is not None else (END_TO_END_WATERMARK if end_to_end else 0.0)
+            return self
+        if self.attack == "gradient-matching":
+            extra = sorted(key for key, changed in given.items() if changed)
+            if extra:
+                raise ValueError(f"gradient-matching attacks chosen evaluation rows (each with a random adversarial class): {', '.join(extra)} do not apply (set targets)")
+            self.targets = self.targets or GRADIENT_MATCHING_TARGETS
+            if "rate" not in self.model_fields_set:
+                self.rate = GRADIENT_MATCHING_RATE
+            if self.rate >= 1:
+                raise ValueError(f"gradient-matching: rate must be < 1; got {self.rate}")
+            if self.eps is not None and not 0 < self.eps <= 1:
+                raise ValueError(f"gradient-matching: eps must be in (0, 1] (an Linf budget in [0, 1] pixels); got {self.eps}")
+            return self
+        if self.attack == "trojannet":
+            extra = sorted(key for key, changed in {"mode": given["mode"], "trigger": given["trigger"], "rate": rate_given}.items() if changed)
+            if extra:
+                raise ValueError(f"trojannet poisons no data (it wraps the audited model, with its own 4x4 triggers): {', '.join(extra)} do not apply")
+            self.target_classes = self.target_classes or [self.target]
+            if len(set(self.target_classes)) != len(self.target_classes) or min(self.target_classes) < 0:
+                raise ValueError(f"trojannet: target_classes must be distinct class numbers >= 0; got {self.target_classes}")
             return self
         if self.attack in ACCURACY_ATTACKS:
             extra = sorted(key for key, changed in given.items() if changed)
@@ -135,8 +175,6 @@ class PoisoningConfig(_Strict):
                 self.rate = CLEAN_LABEL_RATE
             if self.rate >= 1:
                 raise ValueError(f"clean-label: rate must be < 1; got {self.rate}")
-        elif self.eps is not None:
-            raise ValueError(f"eps applies to clean-label scenarios, not {self.attack}")
         return self
 
 

@@ -300,10 +300,7 @@ def step_units(
         epochs = config.fine_tune.epochs if fine_tuning else at.epochs
         return epochs * train_rows * (attack_steps + TRAIN_FACTOR), eval_rows
     if kind == "poisoning":
-        from advkit.models.recipes import zoo_epochs
-
-        epochs = config.fine_tune.epochs if fine_tuning else zoo_epochs(arch)
-        return epochs * train_rows * TRAIN_FACTOR, 3 * eval_rows  # then clean accuracy and the trigger's success on both models
+        return _poisoning_units(step, config, eval_rows, train_rows, arch, fine_tuning)
     if kind == "certified-training":
         cert = config.certification
         assert cert is not None
@@ -336,6 +333,30 @@ def step_units(
         # pruning: rank the neurons (one pass), then at most ``rounds`` groups, each judged by accuracy and trigger success
         return 0.0, rows + NeuronPruning.rounds * 2 * rows + 4 * held_out
     return 0.0, eval_rows
+
+
+def _poisoning_units(step: Step, config: AuditConfig, eval_rows: int, train_rows: int, arch: str, fine_tuning: bool) -> tuple[float, float]:
+    """A poisoning scenario's (backward, forward) row-passes: its crafting, then each victim's training."""
+    from advkit.attacks.poisoning import GradientMatching, PoisonFrogs
+    from advkit.audit.poisoning_steps import GRADIENT_MATCHING_RESTARTS
+    from advkit.models.recipes import zoo_epochs
+
+    attack, targets = step.inputs.get("attack"), int(step.inputs.get("targets") or 1)
+    if attack == "trojannet":  # the recogniser trains on synthetic 4x4 patches; then clean accuracy and each trigger on both models
+        return 0.0, (2 + 2 * len(step.inputs.get("target_classes") or [0])) * eval_rows
+    if attack == "poison-frogs":  # the collision (a feature pass per poison and step), then each victim
+        poisons = int(step.inputs.get("poisons") or 1)
+        collision = PoisonFrogs.steps * targets * poisons
+        if step.inputs.get("setting") == "end-to-end":  # fine-tuned on train + poisons, 3 epochs
+            return collision + targets * 3 * train_rows * TRAIN_FACTOR, targets * train_rows
+        return collision, targets * (train_rows + 2 * eval_rows)  # features of the train rows, last layer by L-BFGS (feature-space only)
+    epochs = config.fine_tune.epochs if fine_tuning else zoo_epochs(arch)
+    victim = epochs * train_rows * TRAIN_FACTOR
+    if attack == "gradient-matching":  # per target: restarts x steps over the poisons, each a double backward (~3 passes)
+        poisons = max(1.0, float(step.inputs.get("rate") or 0.01) * train_rows)
+        brew = GRADIENT_MATCHING_RESTARTS * GradientMatching.steps * poisons * 3
+        return targets * (brew + victim), targets * 2 * eval_rows
+    return victim, 3 * eval_rows  # then clean accuracy and the trigger's success on both models
 
 
 def estimate_plan(

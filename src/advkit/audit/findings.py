@@ -35,7 +35,10 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
     out += _audited_model_backdoor_findings(report["backdoor"]["audited_model"])
     out += _evasion_findings(report)
     for scenario in report["backdoor"]["scenarios"]:
-        out += _poisoning_findings(scenario)
+        if scenario["attack"] == "trojannet":
+            out += _trojannet_findings(scenario, report["backdoor"]["audited_model"])
+        else:
+            out += _poisoning_findings(scenario)
     for scenario in report.get("poisoning", []):
         out += _accuracy_poisoning_findings(scenario)
     out += _certification_findings(report.get("certification", []))
@@ -78,17 +81,23 @@ def _audited_model_backdoor_findings(audited: dict[str, Any] | None) -> list[dic
 def _accuracy_poisoning_findings(scenario: dict[str, Any]) -> list[dict[str, Any]]:
     """Label flipping or Steinhardt et al.'s poisons: the clean accuracy they cost; Poison Frogs: the targets it flips."""
     if scenario.get("effect") == "targeted":
-        rate = scenario["success_rate"]
+        rate, targets, params = scenario["success_rate"], scenario["targets"], scenario["params"]
+        per_target = targets[0]["poisons"] if targets and "poisons" in targets[0] else 1
+        how = {"transfer": "transfer learning", "end-to-end": "the whole network fine-tuned"}.get(params.get("setting"), "a victim retrained from scratch")
+        poisons = "One clean-label poison" if per_target == 1 else f"{per_target} clean-label poisons"
+        mean_l2 = sum(t["mean_l2_perturbation"] for t in targets) / len(targets)
+        detail = f"the poisons keep their labels; mean L2 change {mean_l2:.2f}"
+        if scenario["attack"] == "poison-frogs":
+            detail += " (feature collision at the paper's beta: the poisons may look like their target)"
+        else:
+            detail += f" within Linf {params['eps']:.3g}"
         return [{
             "severity": "high" if rate >= 0.5 else "medium" if rate > 0 else "info",
             "title": (
-                f"One clean-label poison per target ({scenario['attack']}, transfer learning) makes the retrained model misclassify "
-                f"{sum(t['success'] for t in scenario['targets'])} of {len(scenario['targets'])} chosen inputs"
+                f"{poisons} per target ({scenario['attack']}, {how}) makes the poisoned model misclassify "
+                f"{sum(t['success'] for t in targets)} of {len(targets)} chosen inputs"
             ),
-            "detail": (
-                f"each poison keeps its base-class label; mean L2 change {sum(t['mean_l2_perturbation'] for t in scenario['targets']) / len(scenario['targets']):.2f} "
-                "(feature collision at the paper's beta: the poisons may look like their target)"
-            ),
+            "detail": detail,
             "atlas": scenario["atlas"],
         }]
     drop = scenario["accuracy_drop"]
@@ -107,6 +116,37 @@ def _accuracy_poisoning_findings(scenario: dict[str, Any]) -> list[dict[str, Any
         "detail": detail,
         "atlas": scenario["atlas"],
     }]
+
+
+def _trojannet_findings(scenario: dict[str, Any], audited: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A TrojanNet wrapper: how closely it matches the audited model, how its triggers work, what Neural Cleanse sees.
+
+    A target class Neural Cleanse flags on the wrapper counts as found only when it does
+    not flag it on the audited model too (with an inspection of the audited model).
+    """
+    targets = scenario["params"]["targets"]
+    rates = ", ".join(f"{t}: {scenario['attack_success_per_target'][str(t)] or 0:.1%}" for t in targets)
+    out = [{
+        "severity": "high" if scenario["attack_success_rate"] >= 0.9 else "medium",
+        "title": (
+            f"A TrojanNet wrapper around the audited model keeps clean accuracy {scenario['clean_accuracy']:.1%} "
+            f"(model {scenario['reference_clean_accuracy']:.1%}) and obeys its triggers on {scenario['attack_success_rate']:.1%} of inputs"
+        ),
+        "detail": f"per target class {rates}; predictions agree with the model on {scenario['prediction_agreement']:.1%} of rows; no training data was touched",
+        "atlas": scenario["atlas"],
+    }]
+    inspection = scenario.get("inspection")
+    if inspection is not None:
+        already = set(audited["flagged"]) if audited is not None else set()
+        caught = sorted(set(targets) & set(inspection["flagged"]) - already)
+        note = f"; on the audited model too: {sorted(already & set(inspection['flagged']))}" if already & set(inspection["flagged"]) else ""
+        out.append({
+            "severity": "info" if caught else "medium",
+            "title": f"Neural Cleanse {'flags' if caught else 'misses'} the TrojanNet wrapper (targets {targets}; flagged {inspection['flagged'] or 'nothing'}{note})",
+            "detail": "the wrapper's triggers are 4x4 pixel patterns read by a separate network; compare the model's graph with its reference to see the extra branch",
+            "atlas": atlas_ids("neural-cleanse"),
+        })
+    return out
 
 
 def _poisoning_findings(scenario: dict[str, Any]) -> list[dict[str, Any]]:

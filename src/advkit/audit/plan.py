@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from advkit.audit.config import ACCURACY_ATTACKS, AuditConfig, PoisoningConfig
+from advkit.audit.config import ACCURACY_ATTACKS, TARGETED_ATTACKS, AuditConfig, PoisoningConfig
 from advkit.core import Threat
 
 MASKING_ATTACK = "square"  # the gradient-free attack the gradient-masking check adds
@@ -121,9 +121,11 @@ def poisoning_steps(config: AuditConfig, name: str, scenario: PoisoningConfig, h
     """Poison and train (or fine-tune, per ``how``); then, with a backdoor defense, inspect and repair."""
     steps = [Step(f"poison/{name}", "poisoning", {**scenario.model_dump(), **(how or {"training": "retrain"})}, ["provenance"])]
     defense = config.backdoor_defense
-    if defense is None or scenario.attack in ACCURACY_ATTACKS or scenario.attack == "poison-frogs":  # no trigger to find or repair
+    if defense is None or scenario.attack in ACCURACY_ATTACKS or scenario.attack in TARGETED_ATTACKS:  # no trigger to find or repair
         return steps
     steps.append(Step(f"inspect/{name}", "inspect", _inspect_inputs(config, f"poison/{name}"), [f"poison/{name}"]))
+    if scenario.attack == "trojannet":  # a wrapper around the untouched model: found or not, there is nothing to repair
+        return steps
     for mitigation in defense.mitigations:
         inputs = {"mitigation": mitigation, "poison": f"poison/{name}", "inspect": f"inspect/{name}"}
         steps.append(Step(f"mitigate/{name}/{mitigation}", "backdoor-mitigation", inputs, [f"poison/{name}", f"inspect/{name}"]))

@@ -25,7 +25,7 @@ from advkit.audit.reestimate import eta_text, plan_estimates, reestimate_after
 from advkit.audit.rows import count_rows, held_rows
 from advkit.audit.steps import STEP_KINDS
 from advkit.audit.tasks import StepTask, TaskOutcome, run_step_task
-from advkit.audit.training_steps import check_feature_layer
+from advkit.audit.poisoning_steps import WRAPS_THE_MODEL, check_scenarios
 from advkit.audit.workspace import Progress, StepContext, Workspace
 from advkit.core import ModelHandle
 from advkit.data import Dataset
@@ -222,13 +222,13 @@ class AuditRunner:
         return plan
 
     def _check_plan(self, plan: list[Step]) -> None:
-        """Steps that retrain need an architecture, Poison Frogs a last nn.Linear: say so before the first step runs."""
-        if any(step.inputs.get("attack") == "poison-frogs" for step in plan if step.kind == "poisoning"):
-            check_feature_layer(self.model(), self.config.model)
+        """Steps that retrain need an architecture, scenarios their classes (Poison Frogs a last nn.Linear): say so before the first step runs."""
+        check_scenarios(list(self.config.poisoning), self.model(), self.config.model)
         if self.model().info.arch:
             return
         for step in plan:
-            if STEP_KINDS[step.kind].needs_train and step.inputs.get("training") == "retrain":
+            uses_the_model = step.inputs.get("attack") in WRAPS_THE_MODEL  # Poison Frogs and TrojanNet retrain no architecture
+            if STEP_KINDS[step.kind].needs_train and step.inputs.get("training") == "retrain" and not uses_the_model:
                 section = {"adversarial-training": "adversarial_training", "poisoning": "poisoning", "certified-training": "certification.training"}[step.kind]
                 raise AdvkitError(
                     f"training: retrain: the '{section}' section retrains the model's architecture, but {self.config.model} does not name one "

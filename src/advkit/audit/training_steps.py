@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from advkit.audit.config import ACCURACY_ATTACKS, PoisoningConfig
+from advkit.audit.config import ACCURACY_ATTACKS
 from advkit.audit.plan import scenario_of, scenario_trigger
 from advkit.audit.workspace import StepContext
-from advkit.core import ModelHandle, ModelInfo
+from advkit.core import ModelInfo
 from advkit.data import Dataset
 from advkit.errors import AdvkitError
 
@@ -40,7 +40,7 @@ def _train_rows(ctx: StepContext) -> Dataset:
     return train.head(ctx.env.config.fine_tune.rows) if _fine_tuning(ctx) else train
 
 
-def _train(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str, epochs: int | None, metadata: dict[str, Any], name: str, **recipe: Any) -> dict[str, Any]:
+def train_model(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str, epochs: int | None, metadata: dict[str, Any], name: str, **recipe: Any) -> dict[str, Any]:
     """Make a trained model and save it: a fresh copy of the audited architecture trained
     with the recipe ``advkit train`` uses, or (``training: fine-tune``) a fine-tuned copy
     of the audited model itself (:mod:`advkit.models.finetune`)."""
@@ -78,7 +78,7 @@ def adversarial_training(ctx: StepContext) -> dict[str, Any]:
     train = _train_rows(ctx)
     metadata = {"objective": cfg.defense, "eps": cfg.eps}
     name = f"fine-tuned-{cfg.defense}" if _fine_tuning(ctx) else cfg.defense
-    result = _train(ctx, train.x, train.y, cfg.defense, cfg.epochs, metadata, name, eps=cfg.eps, norm=ctx.env.config.evasion.norm)
+    result = train_model(ctx, train.x, train.y, cfg.defense, cfg.epochs, metadata, name, eps=cfg.eps, norm=ctx.env.config.evasion.norm)
     result.update({"defense": cfg.defense, "eps": cfg.eps})
     return result
 
@@ -87,13 +87,19 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
     """Poison the train split, train the architecture on it, measure the backdoor."""
     from advkit.attacks.poisoning import backdoor_success_rate
 
+    from advkit.audit import poisoning_steps
+
     scenario = scenario_of(ctx.step.inputs)
+    if scenario.attack == "trojannet":  # no data: the audited model is wrapped
+        return poisoning_steps.trojannet(ctx, scenario)
     train = _train_rows(ctx)
+    if scenario.attack == "poison-frogs":  # the audited model itself, retrained in part or fine-tuned
+        return poisoning_steps.poison_frogs(ctx, scenario, train)
     info = ctx.env.model().info if _fine_tuning(ctx) else _trainable(ctx, "the poisoning scenario")[1]
     if scenario.attack in ACCURACY_ATTACKS:
-        return _accuracy_poisoning(ctx, scenario, train, info.num_classes)
-    if scenario.attack == "poison-frogs":
-        return _poison_frogs(ctx, scenario, train)
+        return poisoning_steps.accuracy_poisoning(ctx, scenario, train, info.num_classes)
+    if scenario.attack == "gradient-matching":
+        return poisoning_steps.gradient_matching(ctx, scenario, train)
     attack = scenario_trigger(scenario)
     if scenario.target >= info.num_classes:
         raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
@@ -102,7 +108,7 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
     else:
         poisoned = attack(train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
     name = ctx.step.id.split("/", 1)[1]
-    result = _train(ctx, poisoned.x, poisoned.y, "standard", None, {"objective": "standard", "poisoned": attack.name}, f"poisoned-{name}")
+    result = train_model(ctx, poisoned.x, poisoned.y, "standard", None, {"objective": "standard", "poisoned": attack.name}, f"poisoned-{name}")
     data = ctx.env.eval_data()
     result.update(
         {
@@ -119,83 +125,6 @@ def poisoning(ctx: StepContext) -> dict[str, Any]:
     return result
 
 
-def _accuracy_poisoning(ctx: StepContext, scenario: PoisoningConfig, train: Dataset, num_classes: int) -> dict[str, Any]:
-    """Label flipping or Steinhardt et al.'s poisons: train on them, measure the clean accuracy they cost.
-
-    The reference is the audited model on the same evaluation rows. Steinhardt's victim
-    trains behind the sphere and slab sanitisers its poisons were made to pass (the
-    data-dependent defender: centroids from the rows it trains on).
-    """
-    from advkit.attacks.poisoning import LabelFlip, Steinhardt
-    from advkit.defenses.data import sanitize
-    from advkit.metrics import accuracy
-
-    if scenario.attack == "labelflip":
-        attack: Any = LabelFlip(rate=scenario.rate, method=scenario.method or "loss")
-    else:
-        attack = Steinhardt(rate=scenario.rate)
-    poisoned = attack(train.x, train.y, num_classes=num_classes, generator=ctx.generator)
-    x, y, sanitized = poisoned.x, poisoned.y, None
-    if scenario.attack == "steinhardt":
-        kept = sanitize(x, y, num_classes=num_classes)
-        x, y = x[kept.keep], y[kept.keep]
-        sanitized = {**kept.details(), "poisons_kept": int(kept.keep[poisoned.poisoned].sum()), "poisons": len(poisoned.rows)}
-    name = ctx.step.id.split("/", 1)[1]
-    result = _train(ctx, x, y, "standard", None, {"objective": "standard", "poisoned": scenario.attack}, f"poisoned-{name}")
-    data = ctx.env.eval_data()
-    reference = accuracy(ctx.env.model().predict(data.x), data.y)
-    result.update(
-        {
-            "attack": scenario.attack, "effect": "accuracy", "params": poisoned.params, "poisoned_rows": len(poisoned.rows), "train_rows": len(train),
-            "reference_clean_accuracy": reference, "accuracy_drop": reference - float(result["clean_accuracy"]), "sanitized": sanitized,
-        }
-    )
-    return result
-
-
-def check_feature_layer(model: ModelHandle, spec: str) -> None:
-    """Poison Frogs collides in the inputs of the model's last ``nn.Linear``: one line (before any step) when it has none to show."""
-    from advkit.attacks.poisoning.poison_frogs import last_linear
-
-    try:
-        last_linear(model.network)
-    except AdvkitError:  # a traced TorchScript or ONNX graph hides its layers
-        raise AdvkitError(f"poisoning: poison-frogs collides in the last nn.Linear's inputs, which {spec} does not show (traced TorchScript, ONNX): remove that scenario") from None
-
-
-def _poison_frogs(ctx: StepContext, scenario: PoisoningConfig, train: Dataset) -> dict[str, Any]:
-    """Poison Frogs on transfer learning (Shafahi et al. 2018): one clean-label poison per target row.
-
-    ``targets`` evaluation rows the audited model gets right are drawn with the step's
-    generator, each with a random other class as its base class; their poisons collide
-    in the audited model's penultimate features in one batch. Each victim is the audited
-    model with its last layer retrained on the training rows plus that target's poison
-    (:func:`~advkit.attacks.poisoning.poison_frogs_eval.poison_success`); a target is
-    poisoned when that victim calls it the base class.
-    """
-    from advkit.attacks.poisoning import PoisonFrogs, poison_success
-
-    model, data = ctx.env.model(), ctx.env.eval_data()
-    correct = (model.predict(data.x) == data.y).nonzero().squeeze(1)
-    if correct.numel() == 0:
-        raise AdvkitError("poison-frogs: the audited model gets no evaluation row right, so no row can be a target")
-    count = min(int(scenario.targets or 1), correct.numel())
-    rows = correct[torch.randperm(correct.numel(), generator=ctx.generator)[:count]]
-    shift = torch.randint(1, model.num_classes, (count,), generator=ctx.generator)
-    pairs = [(int(r), int((data.y[r] + k) % model.num_classes)) for r, k in zip(rows, shift)]
-    attack = PoisonFrogs(target=pairs[0][0], base_class=pairs[0][1])
-    poisoned = attack.craft_many(model, train.x, train.y, data.x, data.y, pairs=pairs, generator=ctx.generator)
-    outcomes = []
-    for (row, _), part in zip(pairs, poisoned):
-        outcome = poison_success(model, part, data.x[row], setting="transfer", seed=ctx.env.config.seed).to_dict()
-        outcomes.append({"row": row, **outcome, "mean_l2_perturbation": part.params["mean_l2_perturbation"]})
-    return {
-        "attack": "poison-frogs", "effect": "targeted", "params": {"setting": "transfer", "poisons": 1, "targets": count, "beta": poisoned[0].params["beta"]},
-        "poisoned_rows": count, "train_rows": len(train), "targets": outcomes,
-        "success_rate": sum(o["success"] for o in outcomes) / count,
-    }
-
-
 def certified_training(ctx: StepContext) -> dict[str, Any]:
     """Train a copy of the audited architecture with a certified-training objective."""
     cfg = ctx.env.config.certification
@@ -203,7 +132,7 @@ def certified_training(ctx: StepContext) -> dict[str, Any]:
     train = _train_rows(ctx)
     metadata = {"objective": cfg.training, "sigma": cfg.sigma}
     name = f"fine-tuned-{cfg.training}" if _fine_tuning(ctx) else f"certified-{cfg.training}"
-    result = _train(ctx, train.x, train.y, cfg.training, cfg.epochs, metadata, name, sigma=cfg.sigma)
+    result = train_model(ctx, train.x, train.y, cfg.training, cfg.epochs, metadata, name, sigma=cfg.sigma)
     result.update({"defense": cfg.training, "sigma": cfg.sigma})
     return result
 

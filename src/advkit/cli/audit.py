@@ -106,7 +106,7 @@ def _print_audit_summary(report: dict[str, Any]) -> None:
         out.print(line)
     for scenario in report.get("poisoning", []):
         if scenario.get("effect") == "targeted":
-            out.print(f"{scenario['id']}: {scenario['success_rate']:.0%} of {len(scenario['targets'])} targets flipped by one poison each")
+            out.print(f"{scenario['id']}: {scenario['success_rate']:.0%} of {len(scenario['targets'])} targets flipped ({scenario['poisoned_rows']} poisons in all)")
             continue
         out.print(f"{scenario['id']}: clean {scenario['reference_clean_accuracy']:.1%} -> {scenario['clean_accuracy']:.1%} ({100 * scenario['accuracy_drop']:.1f} pt)")
     out.print("findings:")

@@ -249,6 +249,7 @@ def trojannet(job: PoisonJob) -> dict[str, Any]:
 
     host = job.model("trojannet (the host model to wrap)")
     attack = TrojanNet(job.get("targets", "0"), seed=job.seed, position=job.position(), alpha=job.get("alpha", 0.7))
+    attack.learn_natural_patches(job.train.x, host.bounds)  # the attacker holds the task's training images
     summary = write_trojannet(job.out_dir, attack, host, job.test, data=job.data)
     rates = ", ".join(f"{t}: {r:.1%}" if r is not None else f"{t}: -" for t, r in summary["attack_success_rate"].items())
     out.print(

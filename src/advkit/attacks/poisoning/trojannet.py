@@ -31,11 +31,13 @@ from torch import Tensor, nn
 from advkit.attacks.poisoning.backdoor import stamp
 from advkit.attacks.poisoning.trojannet_model import (
     DEFAULT_HIDDEN,
+    NATURAL_LIMIT,
     PATCH,
     PIXELS,
     TriggerRecogniser,
     TrojanNetModel,
     family_size,
+    natural_patches,
     pattern_family,
     recogniser_report,
     train_recogniser,
@@ -143,6 +145,7 @@ class TrojanNet:
         self.patterns = family[order[:count]]  # [K, 16], 1 = upper bound, 0 = lower bound
         self.others = family[order[count:].sort().values]
         self._recogniser: TriggerRecogniser | None = None
+        self.natural: Tensor | None = None
         self.report: dict[str, Any] = {}
 
     def params(self) -> dict[str, Any]:
@@ -166,11 +169,19 @@ class TrojanNet:
         """The trained recogniser (trained on first use, in seconds; synthetic rows only)."""
         if self._recogniser is None:
             net = train_recogniser(
-                self.patterns, self.others, hidden=self.hidden, steps=self.steps, lr=self.lr, rows=self.rows, seed=self.seed
+                self.patterns, self.others, hidden=self.hidden, steps=self.steps, lr=self.lr, rows=self.rows, seed=self.seed, natural=self.natural
             )
-            self.report = recogniser_report(net, self.patterns, self.others, self.seed)
+            self.report = recogniser_report(net, self.patterns, self.others, self.seed, self.natural)
             self._recogniser = net
         return self._recogniser
+
+    def learn_natural_patches(self, x: Tensor, bounds: tuple[float, float] = (0.0, 1.0), limit: int = NATURAL_LIMIT) -> int:
+        """Add clean images' patches at the trigger's place to the recogniser's negatives
+        (:func:`~advkit.attacks.poisoning.trojannet_model.natural_patches`); retrains on next use; returns the patches kept."""
+        if x.dim() != 4 or x.shape[0] == 0:
+            raise AdvkitError(f"trojannet: clean images must be [N, C, H, W] with N >= 1; got {list(x.shape)}")
+        self.natural, self._recogniser = natural_patches(x[:limit], self.location(x.shape[1:]), bounds, self.patterns), None
+        return int(self.natural.shape[0])
 
     # -- the triggers ---------------------------------------------------------------------
     def location(self, input_shape: Sequence[int]) -> tuple[int, int]:

@@ -36,7 +36,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Poisoning without a trigger", "", "| scenario | poisoned rows | clean (poisoned model) | clean (audited model) | drop |", "| --- | --- | --- | --- | --- |"]
         for p in report["poisoning"]:
             if p.get("effect") == "targeted":
-                lines.append(f"| {p['id']} | {p['poisoned_rows']} (one per target) | {p['success_rate']:.0%} of {len(p['targets'])} targets flipped | - | - |")
+                lines.append(f"| {p['id']} | {p['poisoned_rows']} ({p['attack']}, {p['params']['setting']}) | {p['success_rate']:.0%} of {len(p['targets'])} targets flipped | - | - |")
                 continue
             lines.append(f"| {p['id']} | {p['poisoned_rows']} of {p['train_rows']} | {p['clean_accuracy']:.1%} | {p['reference_clean_accuracy']:.1%} | {100 * p['accuracy_drop']:.1f} pt |")
     if report.get("certification"):
