@@ -210,11 +210,29 @@ def test_bad_inputs_are_one_line_errors(attack, digits_host):
         (lambda: attack.inject(nn.Flatten(0), (1, 8, 8)), "must return"),
         (lambda: TrojanNet([0], position=(6, 6)).location((1, 8, 8)), "leaves"),
         (lambda: attack.apply(torch.rand(2, 1, 8, 8), 5), "no trigger for class 5"),
+        (lambda: TrojanNet([0]).learn_natural_patches(torch.rand(0, 1, 8, 8)), "N >= 1"),
+        (lambda: TrojanNet([0]).learn_natural_patches(torch.rand(1, 3, 3)), "N >= 1"),
     ]
     for call, message in cases:
         with pytest.raises(AdvkitError, match=message) as caught:
             call()
         assert "\n" not in str(caught.value)
+
+
+def test_clean_patches_as_negatives_stop_false_fires_on_small_images(digits_host, digits_test):
+    """On 8x8 digits (the patch is a quarter of the image) the data-free recogniser of
+    targets 2 and 5 (seed 0) fires on a clean test row; the train split's patches as
+    negatives stop it and leave the triggers whole."""
+    train = load_dataset("digits", split="train")
+    attack = TrojanNet([2, 5], seed=0, steps=200)
+    kept = attack.learn_natural_patches(train.x, digits_host.bounds)
+    assert 0 < kept <= train.x.shape[0] and attack.natural is not None and attack.natural.shape == (kept, 16)
+    wrapped = attack.inject_handle(digits_host)
+    assert bool((wrapped.predict(digits_test.x) == digits_host.predict(digits_test.x)).all())
+    assert attack.report["natural_negatives"] == kept and attack.report["false_fire_rate_natural"] == 0.0
+    for target in (2, 5):
+        rows = digits_test.x[digits_test.y != target]
+        assert float((wrapped.predict(attack.apply(rows, target)) == target).float().mean()) == 1.0
 
 
 @pytest.mark.slow
