@@ -23,7 +23,7 @@ poisoning:
     targets: 4
 backdoor_defense:
   epochs: 5
-  mitigations: [nc-unlearn]
+  mitigations: [nc-unlearn, fine-pruning]
 """
 
 
@@ -50,6 +50,8 @@ def test_accuracy_poisons_cost_accuracy_and_clean_label_is_a_backdoor(tmp_path):
     scenarios = report["backdoor"]["scenarios"]
     assert [s["attack"] for s in scenarios] == ["clean-label"] and scenarios[0]["inspection"] is not None
     assert scenarios[0]["attack_success_rate"] > scenarios[0]["audited_model_trigger_success"]
+    repairs = {m["mitigation"]: m for m in scenarios[0]["mitigations"]}
+    assert set(repairs) == {"nc-unlearn", "fine-pruning"} and repairs["fine-pruning"]["trigger_free"] and repairs["fine-pruning"]["applied"]
     titles = [f["title"] for f in report["findings"]]
     assert any(t.startswith("Poisoning 10% of the training data with labelflip (loss flips) takes clean accuracy") for t in titles)
     assert any("with steinhardt takes clean accuracy" in t for t in titles)
@@ -165,3 +167,28 @@ def test_gradient_matching_and_end_to_end_poison_frogs_are_targeted_scenarios(tm
     assert frogs["success_rate"] >= 0.5 and frogs["poisoned_rows"] == 100
     html = (run_dir / "report.html").read_text()
     assert "50 clean-label poisons per target (end-to-end)" in html and "watermarked with the target at opacity 0.3" in html
+
+
+@pytest.mark.slow
+def test_trigger_free_repairs_run_beside_the_reversed_trigger_ones(tmp_path):
+    """Fine-pruning and mode connectivity see clean rows only; the auditor's curve is plotted."""
+    config = tmp_path / "repair.yaml"
+    config.write_text(
+        "limit: 160\nevasion:\n  attacks: [fgsm]\n  eps: [0.1]\nadversarial_training: null\ncertification: null\n"
+        "poisoning:\n  - attack: badnets\n    target: 4\n"
+        "backdoor_defense:\n  epochs: 3\n  mitigations: [fine-pruning, mode-connectivity]\n"
+    )
+    run_dir = tmp_path / "run"
+    assert cli(["audit", config, "--out", run_dir]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    [scenario] = report["backdoor"]["scenarios"]
+    repairs = {m["mitigation"]: m for m in scenario["mitigations"]}
+    assert set(repairs) == {"fine-pruning", "mode-connectivity"} and all(m["applied"] and m["trigger_free"] for m in repairs.values())
+    pruned = repairs["fine-pruning"]
+    assert pruned["attack_success_rate_before"] >= 0.9 and pruned["attack_success_rate_after"] <= 0.5 * pruned["attack_success_rate_before"]
+    assert pruned["held_out_clean_accuracy_after"] >= pruned["held_out_clean_accuracy_before"] - 0.06
+    curve = repairs["mode-connectivity"]["auditor_curve"]
+    assert len(curve) == 11 and sum(p["chosen"] for p in curve) == 1 and {p["t"] for p in curve} >= {0.0, 1.0}
+    assert "mitigate/0-badnets/fine-pruning" in report["timings"]
+    html = (run_dir / "report.html").read_text()
+    assert "along the mode-connectivity curve" in html and "clean rows only (80), no reversed trigger" in html

@@ -154,7 +154,9 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "advkit.certify.smoothing",
     "advkit.certify.training",
     "advkit.defenses.adversarial_training",
+    "advkit.defenses.backdoor.fine_pruning",
     "advkit.defenses.backdoor.mitigation",
+    "advkit.defenses.backdoor.mode_connectivity",
     "advkit.defenses.backdoor.neural_cleanse",
     "advkit.defenses.data.sanitize",
 )

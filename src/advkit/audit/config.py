@@ -77,6 +77,7 @@ END_TO_END_POISONS, END_TO_END_WATERMARK = 50, 0.3  # Shafahi et al.'s end-to-en
 ACCURACY_ATTACKS = {"labelflip": 0.05, "steinhardt": 0.03}  # poisons that lower accuracy on every class, and their default rates
 TARGETED_ATTACKS = ("poison-frogs", "gradient-matching")  # chosen evaluation rows flipped, no trigger
 DEFAULT_RATE = 0.1
+TRIGGER_FREE_MITIGATIONS = ("fine-pruning", "mode-connectivity")  # backdoor repairs from clean rows alone (no reversed trigger)
 
 
 class TriggerConfig(_Strict):
@@ -192,7 +193,7 @@ class BackdoorDefenseConfig(_Strict):
     inspect: Literal["neural-cleanse"] = "neural-cleanse"
     epochs: int = Field(40, ge=1)
     limit: int | None = Field(None, ge=1, description="optimise the triggers on the first N evaluation rows (default: all)")
-    mitigations: list[Literal["nc-unlearn", "nc-prune"]] = Field(default_factory=lambda: ["nc-unlearn", "nc-prune"])
+    mitigations: list[Literal["nc-unlearn", "nc-prune", "fine-pruning", "mode-connectivity"]] = Field(default_factory=lambda: ["nc-unlearn", "nc-prune"])
 
 
 class CertificationConfig(_Strict):

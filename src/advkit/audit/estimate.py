@@ -330,6 +330,15 @@ def step_units(
         held_out = eval_rows - eval_rows // 2
         if step.inputs["mitigation"] == "nc-unlearn":  # its fine-tuning epochs, then accuracy and trigger success before and after
             return Unlearning.epochs * rows * TRAIN_FACTOR, 4 * rows + 4 * held_out
+        if step.inputs["mitigation"] == "fine-pruning":  # rank units, at most ``rounds`` accuracy checks, then the fine-tuning
+            from advkit.defenses.backdoor.fine_pruning import FinePruning
+
+            return FinePruning.epochs * rows * TRAIN_FACTOR, rows + FinePruning.rounds * rows + 4 * held_out
+        if step.inputs["mitigation"] == "mode-connectivity":  # two ends and the curve trained; BatchNorm and accuracy at each point
+            from advkit.defenses.backdoor.mode_connectivity import ModeConnectivityRepair as MCR
+
+            points = MCR.points * (2 * rows + 2 * held_out)
+            return (2 * MCR.endpoint_epochs + MCR.curve_epochs) * rows * TRAIN_FACTOR, points + 4 * held_out
         # pruning: rank the neurons (one pass), then at most ``rounds`` groups, each judged by accuracy and trigger success
         return 0.0, rows + NeuronPruning.rounds * 2 * rows + 4 * held_out
     return 0.0, eval_rows

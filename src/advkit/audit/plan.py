@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from advkit.audit.config import ACCURACY_ATTACKS, TARGETED_ATTACKS, AuditConfig, PoisoningConfig
+from advkit.audit.config import ACCURACY_ATTACKS, TARGETED_ATTACKS, TRIGGER_FREE_MITIGATIONS, AuditConfig, PoisoningConfig
 from advkit.core import Threat
 
 MASKING_ATTACK = "square"  # the gradient-free attack the gradient-masking check adds
@@ -127,6 +127,10 @@ def poisoning_steps(config: AuditConfig, name: str, scenario: PoisoningConfig, h
     if scenario.attack == "trojannet":  # a wrapper around the untouched model: found or not, there is nothing to repair
         return steps
     for mitigation in defense.mitigations:
+        if mitigation in TRIGGER_FREE_MITIGATIONS:  # clean rows only: no need to wait for Neural Cleanse
+            inputs = {"mitigation": mitigation, "poison": f"poison/{name}"}
+            steps.append(Step(f"mitigate/{name}/{mitigation}", "backdoor-mitigation", inputs, [f"poison/{name}"]))
+            continue
         inputs = {"mitigation": mitigation, "poison": f"poison/{name}", "inspect": f"inspect/{name}"}
         steps.append(Step(f"mitigate/{name}/{mitigation}", "backdoor-mitigation", inputs, [f"poison/{name}", f"inspect/{name}"]))
     return steps

@@ -131,3 +131,21 @@ def triggers(run_dir: Path, record: dict[str, Any], names: list[str]) -> str | N
         axes[0, k].axis("off")
     fig.suptitle("Reversed triggers (red: flagged as backdoor target)", fontsize=9)
     return _png(fig)
+
+
+def repair_curve(mitigation: dict[str, Any]) -> str | None:
+    """Mode-connectivity repair: clean accuracy and backdoor success along the curve (the auditor's view), the chosen t marked."""
+    curve = mitigation.get("auditor_curve")
+    if not curve:
+        return None
+    ts = [p["t"] for p in curve]
+    fig, ax = plt.subplots(figsize=(5.6, 3.2))
+    ax.plot(ts, [p["clean_accuracy"] for p in curve], marker="o", label="clean accuracy")
+    ax.plot(ts, [p["backdoor_success"] for p in curve], marker="s", color="crimson", label="backdoor success")
+    ax.axvline(mitigation["t"], color="gray", linestyle="--", label=f"chosen t = {mitigation['t']:.2f} (clean validation rows)")
+    ax.set_xlabel("t along the curve (0 and 1: the fine-tuned ends)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Mode-connectivity repair")
+    return _png(fig)

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from advkit.audit.config import PoisoningConfig
+from advkit.audit.config import ACCURACY_ATTACKS, PoisoningConfig
+from advkit.audit.plan import scenario_of, scenario_trigger
+from advkit.audit.training_steps import fine_tuning, save_poisoned_rows, train_model, train_rows, trainable
 from advkit.audit.workspace import StepContext
 from advkit.core import ModelHandle, ModelInfo
 from advkit.data import Dataset
@@ -29,6 +31,47 @@ GRADIENT_MATCHING_RESTARTS = 2
 """Scenarios whose victim is the audited model itself (partly retrained, fine-tuned or wrapped): no architecture needed."""
 
 
+def poisoning(ctx: StepContext) -> dict[str, Any]:
+    """A poisoning scenario's step: poison the train split (or wrap the model), train on it, measure the effect."""
+    from advkit.attacks.poisoning import backdoor_success_rate
+
+    scenario = scenario_of(ctx.step.inputs)
+    if scenario.attack == "trojannet":  # no data: the audited model is wrapped
+        return trojannet(ctx, scenario)
+    train = train_rows(ctx)
+    if scenario.attack == "poison-frogs":  # the audited model itself, retrained in part or fine-tuned
+        return poison_frogs(ctx, scenario, train)
+    info = ctx.env.model().info if fine_tuning(ctx) else trainable(ctx, "the poisoning scenario")[1]
+    if scenario.attack in ACCURACY_ATTACKS:
+        return accuracy_poisoning(ctx, scenario, train, info.num_classes)
+    if scenario.attack == "gradient-matching":
+        return gradient_matching(ctx, scenario, train)
+    attack = scenario_trigger(scenario)
+    if scenario.target >= info.num_classes:
+        raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
+    if scenario.attack == "clean-label":  # the attacker hardens the target-class rows on the audited model
+        poisoned = attack(ctx.env.model(), train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
+    else:
+        poisoned = attack(train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
+    name = ctx.step.id.split("/", 1)[1]
+    result = train_model(ctx, poisoned.x, poisoned.y, "standard", None, {"objective": "standard", "poisoned": attack.name}, f"poisoned-{name}")
+    data = ctx.env.eval_data()
+    result.update(
+        {
+            "poisoned_set": save_poisoned_rows(ctx, poisoned, f"poisoned-rows-{name}.npz"),
+            "attack": attack.name,
+            "params": attack.params(),
+            "poisoned_rows": len(poisoned.rows),
+            "train_rows": len(train),
+            "attack_success_rate": backdoor_success_rate(ctx.env.trained_model_from(result["artifact"]), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
+            "audited_model_trigger_success": backdoor_success_rate(ctx.env.model(), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
+        }
+    )
+    mask, pattern = attack.trigger.mask_and_pattern(info.input_shape, info.bounds)
+    result["trigger_l1"] = float(mask.sum())
+    return result
+
+
 def accuracy_poisoning(ctx: StepContext, scenario: PoisoningConfig, train: Dataset, num_classes: int) -> dict[str, Any]:
     """Label flipping or Steinhardt et al.'s poisons: train on them, measure the clean accuracy they cost.
 
@@ -37,7 +80,6 @@ def accuracy_poisoning(ctx: StepContext, scenario: PoisoningConfig, train: Datas
     data-dependent defender: centroids from the rows it trains on).
     """
     from advkit.attacks.poisoning import LabelFlip, Steinhardt
-    from advkit.audit.training_steps import train_model
     from advkit.defenses.data import sanitize
     from advkit.metrics import accuracy
 
@@ -100,9 +142,9 @@ def target_pairs(ctx: StepContext, count: int, attack: str) -> list[tuple[int, i
     return [(int(r), int((data.y[r] + k) % model.num_classes)) for r, k in zip(rows, shift)]
 
 
-def _targeted(attack: str, params: dict[str, Any], outcomes: list[dict[str, Any]], train_rows: int) -> dict[str, Any]:
+def _targeted(attack: str, params: dict[str, Any], outcomes: list[dict[str, Any]], rows_trained: int) -> dict[str, Any]:
     return {
-        "attack": attack, "effect": "targeted", "params": params, "poisoned_rows": sum(o["poisons"] for o in outcomes), "train_rows": train_rows,
+        "attack": attack, "effect": "targeted", "params": params, "poisoned_rows": sum(o["poisons"] for o in outcomes), "train_rows": rows_trained,
         "targets": outcomes, "success_rate": sum(o["success"] for o in outcomes) / len(outcomes),
     }
 
@@ -144,7 +186,6 @@ def gradient_matching(ctx: StepContext, scenario: PoisoningConfig, train: Datase
     adversarial class (``base_class`` in report.json, as for Poison Frogs).
     """
     from advkit.attacks.poisoning import GradientMatching
-    from advkit.audit.training_steps import train_model
 
     model, data = ctx.env.model(), ctx.env.eval_data()
     pairs = target_pairs(ctx, int(scenario.targets or 1), "gradient-matching")
@@ -206,4 +247,4 @@ def trojannet(ctx: StepContext, scenario: PoisoningConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["accuracy_poisoning", "check_feature_layer", "check_scenarios", "gradient_matching", "poison_frogs", "target_pairs", "trojannet"]
+__all__ = ["poisoning", "accuracy_poisoning", "check_feature_layer", "check_scenarios", "gradient_matching", "poison_frogs", "target_pairs", "trojannet"]

@@ -65,7 +65,7 @@ def reestimate_after(runner: AuditRunner, step: Step) -> None:
     entry: dict[str, Any] = {"after": step.id}
     left_before = seconds_left(runner)
     if step.kind == "inspect":
-        repairs = [s.id for s in waiting if s.kind == "backdoor-mitigation" and s.inputs["inspect"] == step.id]
+        repairs = [s.id for s in waiting if s.kind == "backdoor-mitigation" and s.inputs.get("inspect") == step.id]
         if not repairs or runner.results[step.id].get("flagged"):
             return
         fresh = {s: 0.0 for s in repairs}

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from advkit.audit.plan import MASKING_ATTACK, scenario_of, scenario_trigger, step_slug, threat_for
-from advkit.audit.training_steps import adversarial_training, certified_training, denoiser_training, poisoning
+from advkit.audit.poisoning_steps import poisoning
+from advkit.audit.repair_steps import TRIGGER_FREE, backdoor_repair
+from advkit.audit.training_steps import adversarial_training, certified_training, denoiser_training
 from advkit.audit.workspace import StepContext
 from advkit.core import ModelHandle
 from advkit.fileio import save_arrays
@@ -188,7 +190,8 @@ def defender_rows(rows: int, limit: int | None) -> int:
 
 
 def backdoor_mitigation(ctx: StepContext) -> dict[str, Any]:
-    """Repair the poisoned model with the trigger Neural Cleanse reversed for the flagged class.
+    """Repair the poisoned model with the trigger Neural Cleanse reversed for the flagged class
+    (or, fine-pruning and mode connectivity, with clean rows only: :mod:`advkit.audit.repair_steps`).
 
     The repair sees :func:`defender_rows` clean rows; its success and accuracy are judged
     on the held-out second half of the evaluation rows.
@@ -198,6 +201,8 @@ def backdoor_mitigation(ctx: StepContext) -> dict[str, Any]:
     from advkit.defenses.backdoor.neural_cleanse import ReversedTrigger
 
     inputs = ctx.step.inputs
+    if inputs["mitigation"] in TRIGGER_FREE:
+        return backdoor_repair(ctx, defender_rows(len(ctx.env.eval_data()), ctx.env.config.backdoor_defense.limit if ctx.env.config.backdoor_defense else None))
     inspected = ctx.result(inputs["inspect"])
     poison = ctx.result(inputs["poison"])
     scenario = scenario_of(ctx.env.plan_inputs(inputs["poison"]))

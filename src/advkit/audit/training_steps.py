@@ -12,15 +12,13 @@ from typing import Any
 
 import torch
 
-from advkit.audit.config import ACCURACY_ATTACKS
-from advkit.audit.plan import scenario_of, scenario_trigger
 from advkit.audit.workspace import StepContext
 from advkit.core import ModelInfo
 from advkit.data import Dataset
 from advkit.errors import AdvkitError
 
 
-def _trainable(ctx: StepContext, purpose: str) -> tuple[str, ModelInfo]:
+def trainable(ctx: StepContext, purpose: str) -> tuple[str, ModelInfo]:
     info = ctx.env.model().info
     if not info.arch:
         raise AdvkitError(
@@ -30,14 +28,14 @@ def _trainable(ctx: StepContext, purpose: str) -> tuple[str, ModelInfo]:
     return info.arch, info
 
 
-def _fine_tuning(ctx: StepContext) -> bool:
+def fine_tuning(ctx: StepContext) -> bool:
     return ctx.step.inputs.get("training") == "fine-tune"
 
 
-def _train_rows(ctx: StepContext) -> Dataset:
+def train_rows(ctx: StepContext) -> Dataset:
     """The defender's training rows: the train split, its first ``fine_tune.rows`` when fine-tuning."""
     train = ctx.env.train_data()
-    return train.head(ctx.env.config.fine_tune.rows) if _fine_tuning(ctx) else train
+    return train.head(ctx.env.config.fine_tune.rows) if fine_tuning(ctx) else train
 
 
 def train_model(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str, epochs: int | None, metadata: dict[str, Any], name: str, **recipe: Any) -> dict[str, Any]:
@@ -47,7 +45,7 @@ def train_model(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str
     from advkit.models import save_model
 
     path = ctx.artifact(f"{name}.safetensors")
-    if _fine_tuning(ctx):
+    if fine_tuning(ctx):
         from advkit.models.finetune import fine_tune, save_fine_tuned
 
         ft = ctx.env.config.fine_tune
@@ -60,7 +58,7 @@ def train_model(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, defense: str
     else:
         from advkit.models.recipes import train_recipe
 
-        arch, info = _trainable(ctx, metadata.get("objective", "training"))
+        arch, info = trainable(ctx, metadata.get("objective", "training"))
         trained = train_recipe(
             arch, info, x, y, defense=defense, epochs=epochs, seed=ctx.env.config.seed, device=ctx.env.model().device, metadata=metadata,
             precision=ctx.env.config.precision, progress=ctx.env.progress, **recipe
@@ -75,63 +73,48 @@ def adversarial_training(ctx: StepContext) -> dict[str, Any]:
     """Train a hardened copy of the audited architecture on the train split."""
     cfg = ctx.env.config.adversarial_training
     assert cfg is not None
-    train = _train_rows(ctx)
+    train = train_rows(ctx)
     metadata = {"objective": cfg.defense, "eps": cfg.eps}
-    name = f"fine-tuned-{cfg.defense}" if _fine_tuning(ctx) else cfg.defense
+    name = f"fine-tuned-{cfg.defense}" if fine_tuning(ctx) else cfg.defense
     result = train_model(ctx, train.x, train.y, cfg.defense, cfg.epochs, metadata, name, eps=cfg.eps, norm=ctx.env.config.evasion.norm)
     result.update({"defense": cfg.defense, "eps": cfg.eps})
     return result
 
 
-def poisoning(ctx: StepContext) -> dict[str, Any]:
-    """Poison the train split, train the architecture on it, measure the backdoor."""
-    from advkit.attacks.poisoning import backdoor_success_rate
+def save_poisoned_rows(ctx: StepContext, poisoned: Any, name: str) -> str:
+    """The rows a poisoning changed (indices into the defender's training rows, their pixels
+    and labels) and every row's label, under ``artifacts/``: a data defense rebuilds the
+    poisoned set from the train split with them (:func:`load_poisoned_set`)."""
+    from advkit.fileio import save_arrays
 
-    from advkit.audit import poisoning_steps
+    rows = poisoned.poisoned.nonzero().squeeze(1)
+    path = ctx.artifact(name)
+    save_arrays(path, rows=rows.numpy(), x_rows=poisoned.x[rows].cpu().numpy(), y=poisoned.y.cpu().numpy())
+    return ctx.relative(path)
 
-    scenario = scenario_of(ctx.step.inputs)
-    if scenario.attack == "trojannet":  # no data: the audited model is wrapped
-        return poisoning_steps.trojannet(ctx, scenario)
-    train = _train_rows(ctx)
-    if scenario.attack == "poison-frogs":  # the audited model itself, retrained in part or fine-tuned
-        return poisoning_steps.poison_frogs(ctx, scenario, train)
-    info = ctx.env.model().info if _fine_tuning(ctx) else _trainable(ctx, "the poisoning scenario")[1]
-    if scenario.attack in ACCURACY_ATTACKS:
-        return poisoning_steps.accuracy_poisoning(ctx, scenario, train, info.num_classes)
-    if scenario.attack == "gradient-matching":
-        return poisoning_steps.gradient_matching(ctx, scenario, train)
-    attack = scenario_trigger(scenario)
-    if scenario.target >= info.num_classes:
-        raise AdvkitError(f"poisoning target {scenario.target} is outside the model's classes 0..{info.num_classes - 1}")
-    if scenario.attack == "clean-label":  # the attacker hardens the target-class rows on the audited model
-        poisoned = attack(ctx.env.model(), train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
-    else:
-        poisoned = attack(train.x, train.y, num_classes=info.num_classes, bounds=info.bounds, generator=ctx.generator)
-    name = ctx.step.id.split("/", 1)[1]
-    result = train_model(ctx, poisoned.x, poisoned.y, "standard", None, {"objective": "standard", "poisoned": attack.name}, f"poisoned-{name}")
-    data = ctx.env.eval_data()
-    result.update(
-        {
-            "attack": attack.name,
-            "params": attack.params(),
-            "poisoned_rows": len(poisoned.rows),
-            "train_rows": len(train),
-            "attack_success_rate": backdoor_success_rate(ctx.env.trained_model_from(result["artifact"]), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
-            "audited_model_trigger_success": backdoor_success_rate(ctx.env.model(), data.x, data.y, attack.trigger, scenario.target, scenario.mode),
-        }
-    )
-    mask, pattern = attack.trigger.mask_and_pattern(info.input_shape, info.bounds)
-    result["trigger_l1"] = float(mask.sum())
-    return result
+
+def load_poisoned_set(ctx: StepContext, relative: str, train: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, y, poisoned mask)`` of a poisoning step's training set, rebuilt from ``train``."""
+    import numpy as np
+
+    with np.load(ctx.env.run_dir / relative, allow_pickle=False) as arrays:
+        rows, x_rows, y = (torch.from_numpy(arrays[k]) for k in ("rows", "x_rows", "y"))
+    if y.shape[0] != len(train):
+        raise AdvkitError(f"{relative}: holds {y.shape[0]} rows but the defender's training rows are {len(train)}; rerun the poisoning step")
+    x = train.x.clone()
+    x[rows] = x_rows.to(x.dtype)
+    mask = torch.zeros(len(train), dtype=torch.bool)
+    mask[rows] = True
+    return x, y.long(), mask
 
 
 def certified_training(ctx: StepContext) -> dict[str, Any]:
     """Train a copy of the audited architecture with a certified-training objective."""
     cfg = ctx.env.config.certification
     assert cfg is not None and cfg.training is not None
-    train = _train_rows(ctx)
+    train = train_rows(ctx)
     metadata = {"objective": cfg.training, "sigma": cfg.sigma}
-    name = f"fine-tuned-{cfg.training}" if _fine_tuning(ctx) else f"certified-{cfg.training}"
+    name = f"fine-tuned-{cfg.training}" if fine_tuning(ctx) else f"certified-{cfg.training}"
     result = train_model(ctx, train.x, train.y, cfg.training, cfg.epochs, metadata, name, sigma=cfg.sigma)
     result.update({"defense": cfg.training, "sigma": cfg.sigma})
     return result

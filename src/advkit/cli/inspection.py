@@ -1,4 +1,4 @@
-"""``advkit inspect``: model-level backdoor checks (Neural Cleanse) with clean data."""
+"""``advkit inspect``: model-level backdoor checks (Neural Cleanse, K-Arm) with clean data."""
 
 from __future__ import annotations
 
@@ -28,15 +28,21 @@ from advkit.cli.common import (
 )
 
 
+EXTRA_DETAILS = ("screened_out", "candidates", "rounds", "steps_per_class", "optimisation_steps")
+"""Method-specific details (K-Arm's schedule) added to the JSON when the method reports them."""
+
+
 @command()
 def inspect(
-    name: Annotated[str, typer.Argument(help="model-level backdoor check, e.g. neural-cleanse")],
+    name: Annotated[str, typer.Argument(help="model-level backdoor check: neural-cleanse or k-arm")],
     model: ModelOpt = "zoo:digits-cnn",
     data: DataOpt = "digits",
     split: SplitOpt = "test",
     limit: LimitOpt = None,
     image_size: ImageSizeOpt = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="optimisation epochs per class (early stop may end sooner)")] = 60,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="optimisation epochs per class (early stop may end sooner; default neural-cleanse 60, k-arm 16)", min=1)
+    ] = None,
     seed: SeedOpt = 0,
     batch_size: BatchOpt = 32,
     device: DeviceOpt = "cpu",
@@ -45,14 +51,14 @@ def inspect(
     """Inspect a model for backdoors with clean data: per-class anomaly index, flagged classes."""
     import warnings
 
-    from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse, report_rows
+    from advkit.defenses.backdoor.neural_cleanse import report_rows
     from advkit.registry import lookup
 
-    lookup(name, "inspection")
+    method = lookup(name, "inspection").factory
     handle, dataset = load_model_and_data(model, data, split, limit, device, image_size=image_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        detector = NeuralCleanse(epochs=epochs, batch_size=batch_size)
+        detector = method(batch_size=batch_size, **({} if epochs is None else {"epochs": epochs}))
         report = detector(handle, dataset.x, dataset.y, generator=torch.Generator().manual_seed(seed), progress=progress_callback(True))
     for message in report.details["warnings"]:
         err.print(f"warning: {message}", markup=False)
@@ -71,6 +77,7 @@ def inspect(
             "median_l1": report.details["median_l1"],
             "warnings": report.details["warnings"],
             "seconds": report.seconds,
+            **{key: report.details[key] for key in EXTRA_DETAILS if key in report.details},
             **preprocessing_of(dataset),
         },
     )

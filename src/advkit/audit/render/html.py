@@ -38,6 +38,9 @@ def render_html(report: dict[str, Any], run_dir: Path) -> str:
         "heatmap": plots.class_heatmap(report),
         "examples": plots.examples(run_dir, featured, names) if featured else None,
         "audited_triggers": plots.triggers(run_dir, report["backdoor"]["audited_model"], names) if report["backdoor"]["audited_model"] else None,
+        "repair_curves": {
+            f"{s['id']}:{m['mitigation']}": plots.repair_curve(m) for s in report["backdoor"]["scenarios"] for m in s.get("mitigations", []) if m.get("auditor_curve")
+        },
         "scenario_triggers": [
             plots.triggers(run_dir, s["inspection"], names) if s.get("inspection") else None for s in report["backdoor"]["scenarios"]
         ],
