@@ -159,6 +159,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "advkit.defenses.backdoor.mode_connectivity",
     "advkit.defenses.backdoor.neural_cleanse",
     "advkit.defenses.data.sanitize",
+    "advkit.defenses.input.magnet",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
@@ -67,6 +68,7 @@ def attack(
     precision: PrecisionOpt = "fp32",
     checks: Annotated[bool, typer.Option("--checks/--no-checks", help="run the reliability checks first")] = True,
     carry: Annotated[bool, typer.Option("--carry/--no-carry", help="several eps: attack at each eps only the rows still standing (default); --no-carry runs each eps on every row")] = True,
+    defense: Annotated[Path | None, typer.Option("--defense", help="a folder from advkit defend: also attack the defended pipeline, obliviously and adaptively")] = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Run evasion attacks on a model and data; print accuracy under attack.
@@ -86,6 +88,10 @@ def attack(
     handle.precision = precision
     if target is not None and not 0 <= target < handle.num_classes:
         raise AdvkitError(f"--target {target} is outside the model's classes 0..{handle.num_classes - 1}")
+    if defense is not None:
+        from advkit.cli.defend import load_defense
+
+        fitted = load_defense(defense, handle)
     meta = {"model": model, "data": data, "split": split, "seed": seed, **preprocessing_of(rows), **({"precision": precision} if precision != "fp32" else {})}
     from advkit.data import streams
 
@@ -96,6 +102,11 @@ def attack(
     if checks:
         _print_unreliable(results)
     _print_attack_table(results)
+    if defense is not None:  # MagNet in front of the model: each (attack, eps) again, obliviously and adaptively (BPDA)
+        from advkit.cli.defend import defended_records
+
+        x, y = _in_memory(rows)
+        defended_records(results, attack_objs, handle, x, y, fitted, defense, seed, data, split, limit)
     write_json_output(json_path, results[0] if len(results) == 1 else results)
 
 
