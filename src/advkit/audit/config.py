@@ -196,6 +196,20 @@ class BackdoorDefenseConfig(_Strict):
     mitigations: list[Literal["nc-unlearn", "nc-prune", "fine-pruning", "mode-connectivity"]] = Field(default_factory=lambda: ["nc-unlearn", "nc-prune"])
 
 
+class InputDefenseConfig(_Strict):
+    """A reactive input defense in front of the audited model (MagNet), attacked with the evasion attacks.
+
+    Its autoencoders train on the train split; the thresholds are set on the first half of
+    the evaluation rows at ``fpr``; every evasion attack and eps of the audit then runs on
+    the second half, obliviously, through the reformer (BPDA and the exact gradient) and
+    detector-aware (:func:`advkit.defenses.input.pipeline.attack_defended`).
+    """
+
+    defense: Literal["magnet"] = "magnet"
+    fpr: float = Field(0.05, gt=0, lt=1, description="clean rows all detectors together may reject")
+    steps: int = Field(1000, ge=1, description="autoencoder training steps")
+
+
 class CertificationConfig(_Strict):
     """Randomized smoothing (Cohen 2019) of the audited model, and a certified-training mitigation."""
 
@@ -256,6 +270,7 @@ class AuditConfig(_Strict):
     poisoning: list[PoisoningConfig] = Field(default_factory=lambda: [PoisoningConfig()])
     backdoor_defense: BackdoorDefenseConfig | None = Field(default_factory=BackdoorDefenseConfig)
     certification: CertificationConfig | None = Field(default_factory=CertificationConfig)
+    input_defense: InputDefenseConfig | None = Field(None, description="MagNet in front of the model, attacked by the evasion attacks (off by default)")
 
 
 def fine_tunes(config: AuditConfig, arch: str | None) -> bool:

@@ -321,6 +321,11 @@ def step_units(
         if step.inputs.get("target") == DENOISED and floor is not None and floor.forward > 0:  # each sample also goes through the denoiser
             samples *= 1.0 + floor.denoiser_forward / floor.forward
         return 0.0, samples + eval_rows
+    if kind == "input-defense":  # the autoencoders (64-row batches), then per attack and eps four ways on the second half
+        ev = config.evasion
+        rows = eval_rows - eval_rows // 2
+        per_attack = 3 * ev.steps * ev.restarts * rows + 2 * 50 * rows  # oblivious, BPDA, exact gradient; the detector-aware PGD
+        return step.inputs["steps"] * 64 * TRAIN_FACTOR + len(ev.attacks) * len(ev.eps) * per_attack, 8 * eval_rows
     if kind == "backdoor-mitigation":
         from advkit.audit.steps import defender_rows
         from advkit.defenses.backdoor.mitigation import NeuronPruning, Unlearning

@@ -42,6 +42,7 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
     for scenario in report.get("poisoning", []):
         out += _accuracy_poisoning_findings(scenario)
     out += _certification_findings(report.get("certification", []))
+    out += _input_defense_findings(report.get("input_defense"))
     return sorted(out, key=lambda f: SEVERITIES.index(f["severity"]))
 
 
@@ -312,5 +313,30 @@ def _certification_findings(records: list[dict[str, Any]]) -> list[dict[str, Any
             "title": f"Mitigation {record['label']}: average certified radius {audited['acr']:.3f} -> {record['acr']:.3f}",
             "detail": f"certified accuracy at 0.25: {at['0.25']:.1%} -> {record['certified_accuracy']['0.25']:.1%}; base accuracy {record['clean_accuracy']:.1%}",
             "atlas": record["atlas"],
+        })
+    return out
+
+
+def _input_defense_findings(defense: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """MagNet: what it catches from an attacker who ignores it, and what an adaptive attacker still gets through."""
+    if not defense:
+        return []
+    out = []
+    for a in defense["attacks"]:
+        oblivious, adaptive = a.get("oblivious"), a.get("adaptive_detector_aware") or a.get("adaptive")
+        if oblivious is None or adaptive is None:
+            continue
+        success = adaptive["attack_success"]
+        out.append({
+            "severity": "high" if success >= 0.5 else "medium" if success >= 0.1 else "info",
+            "title": (
+                f"MagNet catches {oblivious['detection_rate']:.0%} of {a['attack']} eps={a['eps']:g} examples made without it, "
+                f"but an adaptive attacker gets {success:.0%} of inputs through misclassified"
+            ),
+            "detail": (
+                f"clean rows rejected {defense['clean']['false_positive_rate']:.1%} (target {defense['fpr_target']:.0%}, thresholds on "
+                f"{defense['calibration_rows']} other rows); {adaptive.get('method', 'adaptive')}"
+            ),
+            "atlas": defense["atlas"],
         })
     return out

@@ -60,6 +60,8 @@ def build_plan(config: AuditConfig, *, eval_rows: int, shards_per_step: int = 1,
         plan += evasion_steps(config, trained, [trained])
     for index, scenario in enumerate(config.poisoning):
         plan += poisoning_steps(config, f"{index}-{scenario.attack}", scenario, how)
+    if config.input_defense is not None:
+        plan.append(Step(f"defend/{config.input_defense.defense}", "input-defense", {**config.input_defense.model_dump(), "evasion": config.evasion.model_dump()}, ["provenance"]))
     if config.certification is not None:
         certification = config.certification
         rows = min(eval_rows, certification.limit or eval_rows)

@@ -94,6 +94,7 @@ def build_report(run: RunRecord) -> dict[str, Any]:
         },
         "poisoning": accuracy_poisoning,
         "certification": certification,
+        "input_defense": next(({**results[s.id], "atlas": atlas_ids(s.inputs["defense"])} for s in plan if s.kind == "input-defense"), None),
         "timings": {step.id: run.timings[step.id] for step in plan},
         "plan": run.estimates,  # [{step, kind, estimated_seconds, reestimated_seconds?}]: the estimate made before the run (and after a mitigated model's probe)
         "floor": run.floor,
