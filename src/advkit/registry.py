@@ -158,7 +158,10 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "advkit.defenses.backdoor.mitigation",
     "advkit.defenses.backdoor.mode_connectivity",
     "advkit.defenses.backdoor.neural_cleanse",
+    "advkit.defenses.data.activation_clustering",
     "advkit.defenses.data.sanitize",
+    "advkit.defenses.data.spectral",
+    "advkit.defenses.data.strip",
     "advkit.defenses.input.magnet",
 )
 

@@ -76,6 +76,7 @@ GRADIENT_MATCHING_RATE = 0.01  # Witches' Brew: 1% of the training rows
 END_TO_END_POISONS, END_TO_END_WATERMARK = 50, 0.3  # Shafahi et al.'s end-to-end setting
 ACCURACY_ATTACKS = {"labelflip": 0.05, "steinhardt": 0.03}  # poisons that lower accuracy on every class, and their default rates
 TARGETED_ATTACKS = ("poison-frogs", "gradient-matching")  # chosen evaluation rows flipped, no trigger
+TRIGGER_ATTACKS = ("badnets", "blend", "clean-label")  # poisoned training rows that plant a trigger
 DEFAULT_RATE = 0.1
 TRIGGER_FREE_MITIGATIONS = ("fine-pruning", "mode-connectivity")  # backdoor repairs from clean rows alone (no reversed trigger)
 
@@ -196,6 +197,14 @@ class BackdoorDefenseConfig(_Strict):
     mitigations: list[Literal["nc-unlearn", "nc-prune", "fine-pruning", "mode-connectivity"]] = Field(default_factory=lambda: ["nc-unlearn", "nc-prune"])
 
 
+class DataDefenseConfig(_Strict):
+    """Scan each backdoor scenario's poisoned training set, drop the flagged rows, retrain, attack again."""
+
+    scanners: list[Literal["activation-clustering", "spectral-signatures", "strip"]] = Field(
+        default_factory=lambda: ["activation-clustering"], min_length=1, description="poisoned-data scanners, each its own scan and retraining"
+    )
+
+
 class InputDefenseConfig(_Strict):
     """A reactive input defense in front of the audited model (MagNet), attacked with the evasion attacks.
 
@@ -271,6 +280,7 @@ class AuditConfig(_Strict):
     backdoor_defense: BackdoorDefenseConfig | None = Field(default_factory=BackdoorDefenseConfig)
     certification: CertificationConfig | None = Field(default_factory=CertificationConfig)
     input_defense: InputDefenseConfig | None = Field(None, description="MagNet in front of the model, attacked by the evasion attacks (off by default)")
+    data_defense: DataDefenseConfig | None = Field(None, description="scan the backdoor scenarios' training sets, remove flagged rows, retrain (off by default)")
 
 
 def fine_tunes(config: AuditConfig, arch: str | None) -> bool:

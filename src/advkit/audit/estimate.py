@@ -321,6 +321,12 @@ def step_units(
         if step.inputs.get("target") == DENOISED and floor is not None and floor.forward > 0:  # each sample also goes through the denoiser
             samples *= 1.0 + floor.denoiser_forward / floor.forward
         return 0.0, samples + eval_rows
+    if kind == "data-defense":  # the scan (one pass over the train rows; STRIP 100 overlays each), then the retraining
+        from advkit.models.recipes import zoo_epochs
+
+        passes = 100 if step.inputs["scanner"] == "strip" else 1
+        epochs = config.fine_tune.epochs if fine_tuning else zoo_epochs(arch)
+        return epochs * train_rows * TRAIN_FACTOR, passes * train_rows + 2 * eval_rows
     if kind == "input-defense":  # the autoencoders (64-row batches), then per attack and eps four ways on the second half
         ev = config.evasion
         rows = eval_rows - eval_rows // 2

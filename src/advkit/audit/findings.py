@@ -183,6 +183,20 @@ def _poisoning_findings(scenario: dict[str, Any]) -> list[dict[str, Any]]:
             "detail": "model validation by trigger reverse engineering",
             "atlas": atlas_ids("neural-cleanse"),
         })
+    for scan in scenario.get("data_defenses", []):
+        f1 = "-" if scan["f1"] is None else f"{scan['f1']:.2f}"
+        out.append({
+            "severity": "info" if scan["attack_success_rate_after"] < 0.1 else "medium",
+            "title": (
+                f"{scan['scanner']} removes {scan['poisons_removed']} of {scan['poisons']} poisoned rows (F1 {f1}); retrained, "
+                f"backdoor success {scan['attack_success_rate_before']:.1%} -> {scan['attack_success_rate_after']:.1%}"
+            ),
+            "detail": (
+                f"{scan['clean_rows_removed']} clean rows lost of {scan['rows']}; clean accuracy "
+                f"{scan['clean_accuracy_before']:.1%} -> {scan['clean_accuracy_after']:.1%}"
+            ),
+            "atlas": scan["atlas"],
+        })
     for mitigation in scenario["mitigations"]:
         if not mitigation.get("applied"):
             out.append({"severity": "medium", "title": f"{mitigation['mitigation']} not applied", "detail": mitigation["reason"], "atlas": mitigation["atlas"]})

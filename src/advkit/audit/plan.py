@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from advkit.audit.config import ACCURACY_ATTACKS, TARGETED_ATTACKS, TRIGGER_FREE_MITIGATIONS, AuditConfig, PoisoningConfig
+from advkit.audit.config import ACCURACY_ATTACKS, TARGETED_ATTACKS, TRIGGER_ATTACKS, TRIGGER_FREE_MITIGATIONS, AuditConfig, PoisoningConfig
 from advkit.core import Threat
 
 MASKING_ATTACK = "square"  # the gradient-free attack the gradient-masking check adds
@@ -122,6 +122,10 @@ def evasion_steps(config: AuditConfig, target: str, depends: list[str]) -> list[
 def poisoning_steps(config: AuditConfig, name: str, scenario: PoisoningConfig, how: dict[str, Any] | None = None) -> list[Step]:
     """Poison and train (or fine-tune, per ``how``); then, with a backdoor defense, inspect and repair."""
     steps = [Step(f"poison/{name}", "poisoning", {**scenario.model_dump(), **(how or {"training": "retrain"})}, ["provenance"])]
+    if config.data_defense is not None and scenario.attack in TRIGGER_ATTACKS:  # the poisoned rows are found (or not) before training
+        for scanner in config.data_defense.scanners:
+            inputs = {"scanner": scanner, "poison": f"poison/{name}", **(how or {"training": "retrain"})}
+            steps.append(Step(f"scan/{name}/{scanner}", "data-defense", inputs, [f"poison/{name}"]))
     defense = config.backdoor_defense
     if defense is None or scenario.attack in ACCURACY_ATTACKS or scenario.attack in TARGETED_ATTACKS:  # no trigger to find or repair
         return steps

@@ -65,6 +65,9 @@ def build_report(run: RunRecord) -> dict[str, Any]:
             name = step.id.split("/", 1)[1]
             scenario = {"id": step.id, **results[step.id], "atlas": atlas_ids(results[step.id]["attack"])}
             scenario["inspection"] = results.get(f"inspect/{name}")
+            scenario["data_defenses"] = [
+                {**results[s.id], "atlas": atlas_ids(s.inputs["scanner"])} for s in plan if s.kind == "data-defense" and s.inputs["poison"] == step.id
+            ]
             scenario["mitigations"] = [
                 {**results[s.id], "atlas": atlas_ids(s.inputs["mitigation"])} for s in plan if s.kind == "backdoor-mitigation" and s.inputs["poison"] == step.id
             ]

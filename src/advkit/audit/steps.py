@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from advkit.audit.plan import MASKING_ATTACK, scenario_of, scenario_trigger, step_slug, threat_for
+from advkit.audit.data_defense_steps import data_defense
 from advkit.audit.input_defense_steps import input_defense
 from advkit.audit.poisoning_steps import poisoning
 from advkit.audit.repair_steps import TRIGGER_FREE, backdoor_repair
@@ -295,4 +296,5 @@ STEP_KINDS: dict[str, StepKind] = {
     "denoiser-training": StepKind(denoiser_training, needs_train=True),
     "certification": StepKind(certification_rows, merge=certification),
     "input-defense": StepKind(input_defense, needs_train=True),
+    "data-defense": StepKind(data_defense, needs_train=True),
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from advkit.cli import attack, audit, certify, defend, inspection, listing, poison, provenance, report, steal, train  # noqa: F401 - registers
+from advkit.cli import attack, audit, certify, defend, inspection, listing, poison, provenance, report, scan, steal, train  # noqa: F401 - registers
 from advkit.cli.common import COMMANDS, err
 from advkit.errors import AdvkitError
 
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Audit and harden PyTorch image classifiers against adversarial machine learning.",
 )
-ORDER = ("attack", "train", "certify", "poison", "inspect", "defend", "audit", "steal", "report", "list")
+ORDER = ("attack", "train", "certify", "poison", "inspect", "scan", "defend", "audit", "steal", "report", "list")
 """The commands in the order ``advkit --help`` lists them (any other follows, by name)."""
 for _name in [*ORDER, *sorted(set(COMMANDS) - set(ORDER))]:
     app.command(name=_name)(COMMANDS[_name])
