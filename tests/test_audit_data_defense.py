@@ -11,7 +11,7 @@ def test_activation_clustering_removes_the_badnets_rows_and_the_backdoor(tmp_pat
     config = tmp_path / "scan.yaml"
     config.write_text(
         "limit: 120\ntraining: fine-tune\nfine_tune:\n  epochs: 3\n  lr: 0.01\nevasion:\n  attacks: [fgsm]\n  eps: [0.1]\n"
-        "adversarial_training: null\ncertification: null\nbackdoor_defense: null\n"
+        "adversarial_training: null\ncertification: null\nbackdoor_defense:\n  inspect: k-arm\n  epochs: 8\n  mitigations: []\n"
         "poisoning:\n  - attack: badnets\n    target: 6\n  - attack: labelflip\n"
         "data_defense:\n  scanners: [activation-clustering]\n"
     )
@@ -28,6 +28,9 @@ def test_activation_clustering_removes_the_badnets_rows_and_the_backdoor(tmp_pat
     assert (run_dir / scan["artifact"]).exists() and [a["id"] for a in scan["atlas"]] == ["AML.M0007"]
     assert any(f["title"].startswith("activation-clustering removes") for f in report["findings"])
     assert "rows flagged by activation-clustering removed, retrained" in (run_dir / "report.html").read_text()
+    assert scenario["inspection"]["method"] == report["backdoor"]["audited_model"]["method"] == "k-arm"
+    assert len(scenario["inspection"]["classes"]) == 10 and "steps_per_class" not in scenario["inspection"]
+    assert any(f["title"].startswith("K-Arm ") for f in report["findings"])
 
 
 @pytest.mark.parametrize("body,needle", [("data_defense:\n  scanners: [k-means]\n", "scanners"), ("data_defense:\n  scanners: []\n", "scanners")])

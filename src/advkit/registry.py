@@ -155,6 +155,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "advkit.certify.training",
     "advkit.defenses.adversarial_training",
     "advkit.defenses.backdoor.fine_pruning",
+    "advkit.defenses.backdoor.k_arm",
     "advkit.defenses.backdoor.mitigation",
     "advkit.defenses.backdoor.mode_connectivity",
     "advkit.defenses.backdoor.neural_cleanse",

@@ -191,8 +191,8 @@ class AdversarialTrainingConfig(_Strict):
 class BackdoorDefenseConfig(_Strict):
     """Inspect each poisoned model with Neural Cleanse, then repair it."""
 
-    inspect: Literal["neural-cleanse"] = "neural-cleanse"
-    epochs: int = Field(40, ge=1)
+    inspect: Literal["neural-cleanse", "k-arm"] = Field("neural-cleanse", description="trigger reverse engineering: Neural Cleanse, or K-Arm's bandit over the classes")
+    epochs: int = Field(40, ge=1, description="optimisation epochs per class (K-Arm: its own cap of 16 unless set)")
     limit: int | None = Field(None, ge=1, description="optimise the triggers on the first N evaluation rows (default: all)")
     mitigations: list[Literal["nc-unlearn", "nc-prune", "fine-pruning", "mode-connectivity"]] = Field(default_factory=lambda: ["nc-unlearn", "nc-prune"])
 

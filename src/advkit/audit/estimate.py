@@ -289,7 +289,8 @@ def step_units(
         return min(attack_rows, 256), min(attack_rows, 256)
     if kind == "inspect":
         rows = min(eval_rows, step.inputs.get("limit") or eval_rows)
-        return step.inputs["epochs"] * classes * rows * NC_ROWS, eval_rows
+        epochs = step.inputs.get("epochs") or 16  # K-Arm's cap per class (pre-screening and early stops make it an upper bound)
+        return epochs * classes * rows * NC_ROWS, eval_rows
     fine_tuning = step.inputs.get("training") == "fine-tune"
     if fine_tuning:  # a fine-tuning runs fine_tune.epochs on at most fine_tune.rows rows
         train_rows = min(train_rows, config.fine_tune.rows or train_rows)

@@ -29,6 +29,11 @@ def _severity_for_budget(eps: float, norm: str) -> str:
     return "medium"
 
 
+def inspector(inspection: dict[str, Any]) -> str:
+    """The trigger reverse engineering that made an inspection record, by its display name."""
+    return {"neural-cleanse": "Neural Cleanse", "k-arm": "K-Arm"}.get(inspection.get("method", "neural-cleanse"), inspection.get("method", ""))
+
+
 def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each finding with severity, title, detail and ATLAS ids; worst first (one function per section)."""
     out = _reliability_findings(report)
@@ -68,13 +73,13 @@ def _audited_model_backdoor_findings(audited: dict[str, Any] | None) -> list[dic
         return [{
             "severity": "critical",
             "title": f"Backdoor suspected in the audited model (target class {flagged})",
-            "detail": "Neural Cleanse found an abnormally small trigger that sends clean inputs to this class (anomaly index > 2).",
+            "detail": f"{inspector(audited)} found an abnormally small trigger that sends clean inputs to this class (anomaly index > 2).",
             "atlas": atlas_ids("badnets"),
         }]
     return [{
         "severity": "info",
         "title": "No backdoor found in the audited model",
-        "detail": "Neural Cleanse found no class with an abnormally small trigger; it does not rule out large or input-specific triggers.",
+        "detail": f"{inspector(audited)} found no class with an abnormally small trigger; it does not rule out large or input-specific triggers.",
         "atlas": atlas_ids("neural-cleanse"),
     }]
 
@@ -143,7 +148,7 @@ def _trojannet_findings(scenario: dict[str, Any], audited: dict[str, Any] | None
         note = f"; on the audited model too: {sorted(already & set(inspection['flagged']))}" if already & set(inspection["flagged"]) else ""
         out.append({
             "severity": "info" if caught else "medium",
-            "title": f"Neural Cleanse {'flags' if caught else 'misses'} the TrojanNet wrapper (targets {targets}; flagged {inspection['flagged'] or 'nothing'}{note})",
+            "title": f"{inspector(inspection)} {'flags' if caught else 'misses'} the TrojanNet wrapper (targets {targets}; flagged {inspection['flagged'] or 'nothing'}{note})",
             "detail": "the wrapper's triggers are 4x4 pixel patterns read by a separate network; compare the model's graph with its reference to see the extra branch",
             "atlas": atlas_ids("neural-cleanse"),
         })
@@ -174,9 +179,9 @@ def _poisoning_findings(scenario: dict[str, Any]) -> list[dict[str, Any]]:
     if inspection is not None:
         caught = target in inspection["flagged"]
         if planted or caught:
-            verdict = f"Neural Cleanse {'finds' if caught else 'misses'} the planted backdoor"
+            verdict = f"{inspector(inspection)} {'finds' if caught else 'misses'} the planted backdoor"
         else:
-            verdict = "Neural Cleanse flags nothing, as it should: no backdoor took"
+            verdict = f"{inspector(inspection)} flags nothing, as it should: no backdoor took"
         out.append({
             "severity": "info" if caught or not planted else "medium",
             "title": f"{verdict} (target {target}; flagged {inspection['flagged'] or 'nothing'})",

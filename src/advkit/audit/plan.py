@@ -83,7 +83,10 @@ def _inspect_inputs(config: AuditConfig, target: str) -> dict[str, Any]:
     """Neural Cleanse on ``target``: its epochs, and its rows when limited (kept out of the inputs, and the hash, when not)."""
     defense = config.backdoor_defense
     assert defense is not None
-    inputs: dict[str, Any] = {"target": target, "epochs": defense.epochs}
+    epochs = defense.epochs if defense.inspect == "neural-cleanse" or "epochs" in defense.model_fields_set else None
+    inputs: dict[str, Any] = {"target": target, "epochs": epochs}
+    if defense.inspect != "neural-cleanse":  # kept out of the inputs (and the hash) for the default
+        inputs["method"] = defense.inspect
     if defense.limit is not None:
         inputs["limit"] = defense.limit
     return inputs

@@ -154,17 +154,20 @@ def gradient_masking(ctx: StepContext) -> dict[str, Any]:
 
 
 def inspect(ctx: StepContext) -> dict[str, Any]:
-    """Neural Cleanse on the audited model or on a model trained on poisoned data."""
+    """Neural Cleanse (or K-Arm) on the audited model or on a model trained on poisoned data."""
     import warnings
 
-    from advkit.defenses.backdoor.neural_cleanse import NeuralCleanse, report_rows
+    from advkit.defenses.backdoor.neural_cleanse import report_rows
+    from advkit.registry import lookup
 
-    target = ctx.step.inputs["target"]
+    target, method = ctx.step.inputs["target"], ctx.step.inputs.get("method", "neural-cleanse")
     model = _target_model(ctx, target)
     data = ctx.env.eval_data().head(ctx.step.inputs.get("limit"))
+    epochs = ctx.step.inputs.get("epochs")
+    detector = lookup(method, "inspection").factory(**({} if epochs is None else {"epochs": epochs}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = NeuralCleanse(epochs=ctx.step.inputs["epochs"])(model, data.x, data.y, generator=ctx.generator, progress=ctx.env.progress)
+        report = detector(model, data.x, data.y, generator=ctx.generator, progress=ctx.env.progress)
     triggers = report.details["triggers"]
     name = f"artifacts/triggers-{step_slug(target)}.npz"
     save_arrays(
@@ -173,7 +176,7 @@ def inspect(ctx: StepContext) -> dict[str, Any]:
         pattern=torch.stack([t.pattern for t in triggers]).numpy(),
     )
     return {
-        "method": "neural-cleanse",
+        "method": method,
         "model": target,
         "classes": report_rows(report),
         "flagged": report.flagged_ids,
