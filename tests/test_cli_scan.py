@@ -49,3 +49,13 @@ def test_bad_scan_inputs_are_one_line(tmp_path, capsys, poisoned_folder):
     bad = tmp_path / "manifest.json"
     bad.write_text('{"poisoned_rows": "all"}')
     assert_bad_input(["scan", "strip", "--model", model, "--data", data, "--manifest", bad, "--limit", "50"], capsys, "not a poisoning manifest")
+
+
+def test_inspect_shortcut_flags_nothing_on_the_clean_zoo_model(tmp_path, capsys):
+    out = tmp_path / "shortcut.json"
+    code, stdout, err = run(["inspect", "shortcut", "--model", "zoo:digits-cnn", "--data", "digits", "--limit", "200", "--json", out], capsys)
+    assert code == 0, err
+    record = json.loads(out.read_text())
+    assert record["method"] == "shortcut" and record["flagged"] == [] and len(record["classes"]) == 10
+    assert all({"class", "anomaly_index", "region", "flagged"} <= set(row) for row in record["classes"])
+    assert "shortcut classes: none" in stdout

@@ -159,6 +159,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "advkit.defenses.backdoor.mitigation",
     "advkit.defenses.backdoor.mode_connectivity",
     "advkit.defenses.backdoor.neural_cleanse",
+    "advkit.defenses.backdoor.shortcut",
     "advkit.defenses.data.activation_clustering",
     "advkit.defenses.data.sanitize",
     "advkit.defenses.data.spectral",

@@ -7,22 +7,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
-from torch import Tensor
 import typer
 from rich.table import Table
+from torch import Tensor
 
 from advkit.cli.common import (
     BatchOpt,
     DataOpt,
     DeviceOpt,
-    PrecisionOpt,
-    check_precision,
     ImageSizeOpt,
     JsonOpt,
     LimitOpt,
     ModelOpt,
+    PrecisionOpt,
     SeedOpt,
     SplitOpt,
+    check_precision,
     command,
     err,
     load_model_and_rows,
@@ -33,15 +33,16 @@ from advkit.cli.common import (
     progress_callback,
     write_json_output,
 )
+from advkit.cli.defend import defended_records, load_defense
 from advkit.errors import AdvkitError
 
 if TYPE_CHECKING:
     from advkit.attacks.evasion.base import EvasionAttack
+    from advkit.attacks.sanity import SanityReport
     from advkit.core import AttackResult, ModelHandle
     from advkit.data import Dataset
     from advkit.data.folder import FolderRows
     from advkit.registry import Entry
-    from advkit.attacks.sanity import SanityReport
 
 
 @command()
@@ -88,10 +89,7 @@ def attack(
     handle.precision = precision
     if target is not None and not 0 <= target < handle.num_classes:
         raise AdvkitError(f"--target {target} is outside the model's classes 0..{handle.num_classes - 1}")
-    if defense is not None:
-        from advkit.cli.defend import load_defense
-
-        fitted = load_defense(defense, handle)
+    fitted = load_defense(defense, handle) if defense is not None else None
     meta = {"model": model, "data": data, "split": split, "seed": seed, **preprocessing_of(rows), **({"precision": precision} if precision != "fp32" else {})}
     from advkit.data import streams
 
@@ -102,11 +100,8 @@ def attack(
     if checks:
         _print_unreliable(results)
     _print_attack_table(results)
-    if defense is not None:  # MagNet in front of the model: each (attack, eps) again, obliviously and adaptively (BPDA)
-        from advkit.cli.defend import defended_records
-
-        x, y = _in_memory(rows)
-        defended_records(results, attack_objs, handle, x, y, fitted, defense, seed, data, split, limit)
+    if fitted is not None:  # MagNet in front of the model: each (attack, eps) again, obliviously and adaptively (BPDA)
+        defended_records(results, attack_objs, handle, *_in_memory(rows), fitted, defense, seed, data, split, limit)
     write_json_output(json_path, results[0] if len(results) == 1 else results)
 
 

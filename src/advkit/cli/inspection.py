@@ -34,7 +34,7 @@ EXTRA_DETAILS = ("screened_out", "candidates", "rounds", "steps_per_class", "opt
 
 @command()
 def inspect(
-    name: Annotated[str, typer.Argument(help="model-level backdoor check: neural-cleanse or k-arm")],
+    name: Annotated[str, typer.Argument(help="model-level backdoor check: neural-cleanse, k-arm, or shortcut (occlusion per class)")],
     model: ModelOpt = "zoo:digits-cnn",
     data: DataOpt = "digits",
     split: SplitOpt = "test",
@@ -56,6 +56,9 @@ def inspect(
 
     method = lookup(name, "inspection").factory
     handle, dataset = load_model_and_data(model, data, split, limit, device, image_size=image_size)
+    if name == "shortcut":  # occlusion per class, no trigger optimisation: its own record
+        _shortcut(method, handle, dataset, model, data, seed, json_path)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         detector = method(batch_size=batch_size, **({} if epochs is None else {"epochs": epochs}))
@@ -81,6 +84,18 @@ def inspect(
             **preprocessing_of(dataset),
         },
     )
+
+
+def _shortcut(method: Any, handle: Any, dataset: Any, model: str, data: str, seed: int, json_path: Any) -> None:
+    """The shortcut audit (occlusion sensitivity per class): flagged classes and the region each relies on."""
+    result = method()(handle, dataset.x, dataset.y, generator=torch.Generator().manual_seed(seed), progress=progress_callback(True))
+    record = {**result.to_dict(), "model": model, "data": data, **preprocessing_of(dataset)}
+    for row in record["classes"]:
+        if row["flagged"]:
+            r = row["region"]
+            out.print(f"class {row['class']}: relies on rows {r['top']}..{r['top'] + r['height'] - 1}, columns {r['left']}..{r['left'] + r['width'] - 1} (anomaly index {row['anomaly_index']:.2f})")
+    out.print(f"shortcut classes: {result.flagged if result.flagged else 'none'} ({result.seconds:.1f}s)")
+    write_json_output(json_path, record)
 
 
 def _print_classes(rows: list[dict[str, Any]], title: str) -> None:
