@@ -137,6 +137,11 @@ def test_strip_filter_keeps_its_false_rejection_rate_and_rejects_triggered_input
     assert float(triggered.flagged.float().mean()) >= 0.8
     blend = StripFilter(replicas=5, superimpose="blend").fit(finetuned, x_fit)
     assert blend(finetuned, x_held[:20]).details["superimpose"] == "blend"
+    stamped = torch.cat([x_held[:160], PatchTrigger().apply(x_held[160:][y_held[160:] != 0])])
+    scan = StripScan(replicas=20)(finetuned, stamped, finetuned.predict(stamped), clean=x_fit)
+    assert scan.details["threshold_from"].startswith("clean rows")
+    assert sum(row >= 160 for row in scan.flagged_rows) >= 0.8 * (stamped.shape[0] - 160)
+    assert sum(row < 160 for row in scan.flagged_rows) <= 10
 
 
 def test_scans_are_deterministic(unseen):

@@ -12,10 +12,10 @@ Superimposition (``superimpose``): ``sum`` (default) is the authors' code,
 ``cv2.addWeighted(x, 1, x', 1, 0)``: the two images added at weight 1 each, clipped to
 the input bounds as that call saturates 8-bit images, so a trigger's saturated pixels
 keep their full strength. ``blend`` is the 0.5/0.5 linear blend
-``alpha * x + (1 - alpha) * x'``, which halves the trigger. On 10% BadNets victims
-(``benchmarks/bench_scanners.py --study f1``) the scan's F1 was 0.79-0.98 with the sum
-and 0.28-0.94 with the blend: the blend lost a 3x3 patch on 8x8 digits (0.28-0.68) and
-won only on the conv-BN mnist5k victims (0.93-0.94 against 0.79-0.82).
+``alpha * x + (1 - alpha) * x'``, which halves the trigger. On the eight 10% BadNets
+victims of ``benchmarks/bench_scanners.py --study f1`` the scan's F1 was 0.79-1.00 with
+the sum and 0.01-0.98 with the blend: the blend lost the 3x3 patch on 8x8 digits
+(0.01-0.77) and was ahead only on one conv-BN mnist5k victim (0.98 against 0.79).
 
 - :class:`StripFilter` is the paper's run-time detector: ``fit(model, x_clean)`` sets the
   threshold so that a share ``frr`` (false rejection rate, the paper's 1%) of the clean
@@ -122,7 +122,7 @@ def _other_class_thresholds(entropies: Tensor, y: Tensor, classes: list[int], fr
     knowledge="black",
     paper="Gao et al. STRIP: A Defence Against Trojan Attacks on Deep Neural Networks. ACSAC 2019 (offline scan)",
     atlas="AML.M0007",
-    summary="flag training rows whose predictions stay put when other images are blended over them",
+    summary="flag training rows whose predictions stay put when other images are laid over them",
 )
 @dataclass(frozen=True)
 class StripScan:
@@ -148,7 +148,7 @@ class StripScan:
         clean: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> ScanResult:
-        """Scan ``(x, y)``; ``clean`` rows, when given, are blended in and set the threshold."""
+        """Scan ``(x, y)``; ``clean`` rows, when given, are the images laid over them and set the threshold."""
         start = time.perf_counter()
         x, y = check_rows(model, x, y, self.name)
         classes = class_rows(y, model.num_classes, MIN_CLASS_ROWS, self.name)
@@ -189,7 +189,7 @@ class StripScan:
     knowledge="black",
     paper="Gao et al. STRIP: A Defence Against Trojan Attacks on Deep Neural Networks. ACSAC 2019 (run-time filter)",
     atlas="AML.M0015",
-    summary="reject inputs whose predictions stay put when clean images are blended over them",
+    summary="reject inputs whose predictions stay put when clean images are laid over them",
 )
 @dataclass
 class StripFilter:
