@@ -173,9 +173,9 @@ def test_two_node_cluster_runs_tasks_on_both_nodes(ray_executor, local_reports, 
 
 
 def test_a_failing_step_ends_the_audit_with_one_line_and_keeps_finished_steps(ray_executor, tmp_path) -> None:  # noqa: ANN001
-    raw = {**CERTIFY_HEAVY, "poisoning": [{"attack": "badnets", "target": 12}]}  # digits has classes 0..9
+    raw = {**CERTIFY_HEAVY, "poisoning": [{"attack": "badnets", "trigger": {"size": 20}}]}  # found only when the step stamps 8x8 digits
     out = tmp_path / "run"
-    with pytest.raises(AdvkitError, match=r"^poisoning target 12 is outside the model's classes 0\.\.9$"):
+    with pytest.raises(AdvkitError, match=r"^trigger size 20x20 does not fit images of 8x8$"):
         AuditRunner(_config(raw), out, executor=ray_executor).run()
     finished = {p.name for p in (out / "steps").glob("*.json")}
     assert "provenance.json" in finished and "poison__0-badnets.json" not in finished
