@@ -16,8 +16,10 @@ Modes:
   rounds after a warm-up; ``ratio`` = K-Arm seconds / Neural Cleanse seconds (min, median).
 * ``--study agreement --seeds 5``: per data set, seed and kind of model (``badnets-0``:
   BadNets 10% to class 0; ``badnets-t``: to another class; ``blend``; ``clean``), both
-  detectors once; ``agree`` is identical flagged classes. The summary gives how many
-  agree, the K-Arm / Neural Cleanse ratio of the summed seconds and the worst per model.
+  detectors once; ``agree`` is identical flagged classes. Where they differ, Neural
+  Cleanse runs at two more seeds (``nc_other_seeds``; ``--no-recheck`` skips it) to tell
+  its own seed noise from K-Arm's. The summary gives how many agree, the K-Arm / Neural
+  Cleanse ratio of the summed seconds (wall and CPU) and the worst per model.
 
 Victims are trained on the poisoned train split with the zoo recipe (digits-cnn 30
 epochs, mnist-cnn 12, lr 2e-3; ``--train-epochs`` overrides) and cached under
@@ -195,6 +197,11 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
                 row["agree"] = row["nc"]["flagged"] == row["k_arm"]["flagged"]
                 row["ratio"] = row["k_arm"]["seconds"] / row["nc"]["seconds"]
                 row["cpu_ratio"] = row["k_arm"]["cpu_seconds"] / row["nc"]["cpu_seconds"]
+                if not row["agree"] and getattr(args, "recheck", True):  # is it Neural Cleanse's own seed noise? two more seeds of it
+                    row["nc_other_seeds"] = {
+                        str(seed + k): NeuralCleanse(epochs=60)(model, x, y, generator=torch.Generator().manual_seed(seed + k)).flagged_ids
+                        for k in (10, 20)
+                    }
                 rows.append(row)
                 if getattr(args, "json", None) is not None:  # what is done so far, in case the study is cut short
                     write_json(args.json, {"benchmark": "k_arm", "mode": "agreement", "partial": True, "rows": rows})
@@ -217,6 +224,8 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
         "nc_flags_target": sum(r["nc"]["flagged"] == [r["target"]] for r in rows if r["target"] is not None),
         "k_arm_flags_target": sum(r["k_arm"]["flagged"] == [r["target"]] for r in rows if r["target"] is not None),
         "backdoored": sum(r["target"] is not None for r in rows),
+        # disagreements where Neural Cleanse itself flags differently at another seed
+        "nc_unstable": sum(any(f != r["nc"]["flagged"] for f in r.get("nc_other_seeds", {}).values()) for r in rows),
     }
     print(f"agreement {summary['agree']}/{summary['models']}; K-Arm / NC time {summary['ratio_total']:.3f} (worst {summary['ratio_worst']:.3f})")
     return {"mode": "agreement", "rows": rows, "summary": summary}
@@ -233,6 +242,7 @@ def main() -> None:
     parser.add_argument("--train-epochs", type=int, default=None)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/karm_cache"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-recheck", dest="recheck", action="store_false", help="skip Neural Cleanse at 2 more seeds on a disagreement")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.data = args.data or (["digits", "mnist5k"] if args.study else ["digits"])

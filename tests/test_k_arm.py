@@ -211,6 +211,7 @@ def test_k_arm_is_registered_as_an_inspection():
     entry = REGISTRY["k-arm"]
     assert entry.family == "inspection" and entry.knowledge == "white" and entry.atlas == "AML.M0008"
     assert "K-Arm" in entry.paper and entry.factory is KArm
+    assert (KArm().epochs, KArm().warmup, KArm(epochs=5).warmup) == (16, 8, 2)  # the warm-up is half the cap
 
 
 # -- acceptance (slow) ---------------------------------------------------------------------
@@ -268,7 +269,7 @@ def test_k_arm_agrees_with_neural_cleanse_over_seeds(tmp_path):
     from bench_k_arm import agreement
 
     args = argparse.Namespace(
-        data=["digits"], seeds=5, kinds=["badnets-0", "clean"], rows=None, train_epochs=None, cache=tmp_path
+        data=["digits"], seeds=5, kinds=["badnets-0", "clean"], rows=None, train_epochs=None, cache=tmp_path, recheck=False
     )
     summary = agreement(args)["summary"]
     assert summary["agree"] >= summary["models"] - 1

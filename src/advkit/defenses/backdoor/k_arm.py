@@ -11,9 +11,9 @@ schedule and early stop of :mod:`.neural_cleanse`, its own Adam with lr 0.1 and 
    names a global candidate target or label-specific (target, victim) pairs; candidates
    are pulled first and always to the cap. Every other class is ``screened_out``: the
    paper drops it, advkit lets it stop early only as the stop rule below allows.
-2. **Warm-up**: every arm gets ``warmup`` epochs batched in one tensor; with the same seed
-   these are Neural Cleanse's first epochs step for step (same initial masks, batches,
-   schedule). The reference instead pulls each arm until it has improved twice.
+2. **Warm-up**: every arm gets ``warmup`` epochs (default: half the cap) batched in one
+   tensor; with the same seed these are Neural Cleanse's first epochs step for step (same
+   initial masks, batches, schedule). The reference pulls each arm until it improved twice.
 3. **Bandit**: rounds of up to ``arms_per_round`` pulls (the reference pulls one arm per
    round; a few batched together cost about the same per pull), each chosen epsilon-greedy
    (epsilon 0.3) by the paper's objective (the trigger's decrease rate plus ``beta`` over
@@ -115,7 +115,7 @@ class KArm:
     """Settings of the scan; the model and clean data come at call time."""
 
     epochs: int = 16
-    warmup: int = 8
+    warmup: int | None = None
     batch_size: int = 32
     lr: float = 0.1
     init_cost: float = 1e-3
@@ -137,6 +137,8 @@ class KArm:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.arms_per_round < 1:
             raise AdvkitError("k-arm: epochs, batch size, patience and arms_per_round must be >= 1")
+        if self.warmup is None:  # half the cap: 8 epochs of the default 16
+            self.warmup = max(1, self.epochs // 2)
         if not 1 <= self.warmup <= self.epochs:
             raise AdvkitError(f"k-arm: warmup must be in 1..epochs ({self.epochs}); got {self.warmup}")
         if not self.lr > 0 or not self.init_cost > 0 or self.beta < 0:
